@@ -1,0 +1,239 @@
+"""Train GLMC (CVPR 2023) on a long-tailed data set.
+
+    python main.py --dataset cifar10 -a resnet32 --num_classes 10 --imbanlance_rate 0.01 --beta 0.5 \
+        --lr 0.01 --epochs 200 -b 64 --momentum 0.9 --weight_decay 5e-3 --resample_weighting 0.0 \
+        --label_weighting 1.2 --contrast_weight 4
+
+The method is described in ../shared/SPEC.md; flags keep the released spellings.
+"""
+import argparse
+import os
+import random
+import sys
+import time
+from typing import Dict, Optional
+
+import numpy as np
+import torch
+
+from datasets import DataBundle, build_data, build_test_loader
+from datasets.loaders import PartnerBatches, build_train_loaders
+from models import build_model, count_parameters
+from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint, unwrap
+from utils.config import add_data_and_model_args, check_common_args, run_cli, select_device
+from utils.errors import UsageError
+from utils.losses import LossOptions, class_balance_weights, cumulative_alpha, glmc_loss
+from utils.metrics import evaluate, format_group
+from utils.mixing import draw_mix
+from utils.run_log import RunLog, library_versions, run_name, write_json
+from utils.schedule import build_scheduler
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train GLMC on a long-tailed data set", add_help=True)
+    add_data_and_model_args(parser)
+    g = parser.add_argument_group("optimisation")
+    g.add_argument("--epochs", type=int, default=200, help="training epochs")
+    g.add_argument("--start-epoch", dest="start_epoch", type=int, default=0,
+                   help="first epoch (0-based); --resume takes it from the checkpoint")
+    g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.01, help="initial learning rate")
+    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    g.add_argument("--wd", "--weight_decay", dest="weight_decay", type=float, default=5e-3, help="weight decay")
+    g = parser.add_argument_group("method (SPEC §3, §5; the defaults are the released code's)")
+    g.add_argument("--resample_weighting", type=float, default=0.0,
+                   help="q of the re-sampling loader: class weight n_c ** -q (0: uniform with replacement)")
+    g.add_argument("--label_weighting", type=float, default=1.2,
+                   help="gamma of the re-weighted soft labels: class weight n_c ** -gamma")
+    g.add_argument("--contrast_weight", type=float, default=4.0, help="weight of the consistency loss")
+    g.add_argument("--beta", type=float, default=0.5,
+                   help="Beta(beta, beta) parameter; used only with --lambda_dist beta")
+    g.add_argument("--lambda_dist", default="uniform", choices=["uniform", "beta"],
+                   help="mixing coefficient: 'uniform' on [0, 1] as released (--beta unused), "
+                        "or 'beta' = Beta(--beta, --beta) as in the paper")
+    g.add_argument("--local_label", default="lambda", choices=["lambda", "area"],
+                   help="label weight of the CutMix image: lambda as released, or the pasted area (paper)")
+    g.add_argument("--mix_reduction", default="sum", choices=["sum", "mean"],
+                   help="combine the two mixes' losses by their sum as released, or their mean (paper)")
+    g = parser.add_argument_group("run")
+    g.add_argument("-p", "--print_freq", type=int, default=50, help="print a progress line every N steps")
+    g.add_argument("--root_log", default="runs", help="parent folder of run folders (logs, args.json)")
+    g.add_argument("--root_model", default=None,
+                   help="parent folder for checkpoints (default: the run folder itself)")
+    g.add_argument("--resume", default=None, help="checkpoint to continue from, in its own run folder")
+    g.add_argument("--dry_run", action="store_true",
+                   help="build data, loaders and model, print the configuration, write args.json, then exit")
+    g.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard scalars")
+    return parser
+
+
+def check_args(args: argparse.Namespace) -> None:
+    check_common_args(args)
+    for flag in ("epochs", "lr"):
+        if getattr(args, flag) <= 0:
+            raise UsageError(f"--{flag} {getattr(args, flag)} must be positive")
+    for flag in ("resample_weighting", "label_weighting", "weight_decay", "momentum"):
+        if getattr(args, flag) < 0:
+            raise UsageError(f"--{flag} {getattr(args, flag)} must not be negative")
+    if args.lambda_dist == "beta" and args.beta <= 0:
+        raise UsageError(f"--beta {args.beta} must be positive with --lambda_dist beta")
+    if args.print_freq <= 0:
+        raise UsageError(f"-p/--print_freq {args.print_freq} must be positive")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def rng_states(mix_rng: np.random.Generator, loaders) -> Dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+            "mix": mix_rng.bit_generator.state, "loaders": [gen.get_state() for gen in loader_generators(loaders)]}
+
+
+def restore_rng_states(states: Dict, mix_rng: np.random.Generator, loaders) -> None:
+    random.setstate(states["python"])
+    np.random.set_state(states["numpy"])
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
+    mix_rng.bit_generator.state = states["mix"]
+    for gen, state in zip(loader_generators(loaders), states["loaders"]):
+        gen.set_state(state)
+
+
+def loader_generators(loaders):
+    uniform, resampled = loaders
+    return [uniform.generator, resampled.sampler.generator, resampled.generator]
+
+
+def train_one_epoch(model, optimizer, loaders, class_weights, mix_rng, epoch: int, args, device, log: RunLog,
+                    image_size: int) -> Dict[str, float]:
+    """One pass over the uniform loader, each batch paired with a re-sampled one (SPEC §3, §5)."""
+    model.train()
+    uniform, resampled = loaders
+    partner = PartnerBatches(resampled)
+    alpha = cumulative_alpha(epoch, args.epochs)
+    opts = LossOptions(args.contrast_weight, args.local_label == "area", args.mix_reduction == "mean")
+    beta = args.beta if args.lambda_dist == "beta" else None
+    sums: Dict[str, torch.Tensor] = {}
+    seen, start, steps = 0, time.time(), len(uniform)
+    for step, ((a1, a2), y) in enumerate(uniform):
+        (b1, b2), y_b = partner.next()
+        n = y.shape[0]
+        a1, a2, y = a1.to(device, non_blocking=True), a2.to(device, non_blocking=True), y.to(device)
+        b1, b2, y_b = b1[:n].to(device), b2[:n].to(device), y_b[:n].to(device)
+        mix = draw_mix(mix_rng, image_size, image_size, beta)
+        loss, terms = glmc_loss(model, a1, a2, y, b1, b2, y_b, mix, class_weights, alpha, opts)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        for k, v in terms.items():
+            sums[k] = sums.get(k, 0.0) + v * n
+        seen += n
+        if step % args.print_freq == 0 or step == steps - 1:
+            means = {k: float(v) / seen for k, v in sums.items()}
+            log.print(f"epoch {epoch + 1}/{args.epochs} step {step + 1}/{steps} "
+                      + " ".join(f"{k} {v:.4f}" for k, v in means.items())
+                      + f" lr {optimizer.param_groups[0]['lr']:.5f} {seen / (time.time() - start):.0f} img/s")
+    means = {k: float(v) / seen for k, v in sums.items()}
+    means.update(alpha=alpha, seconds=time.time() - start, images_per_s=seen / (time.time() - start))
+    return means
+
+
+def make_run_folder(args) -> str:
+    name = run_name({"data": args.dataset, "arch": args.arch + (f"w{args.width}" if args.arch == "resnet32" else ""),
+                     "IF": f"IF{round(1 / args.imbanlance_rate):g}", "seed": f"s{args.seed}", "split": None if args.split == "released"
+                     else args.split})
+    folder = os.path.join(args.root_log, name)
+    try:
+        os.makedirs(folder, exist_ok=False)
+    except OSError as exc:
+        raise UsageError(f"cannot create run folder {folder!r}: {exc.strerror}") from exc
+    return folder
+
+
+def describe(args, data: DataBundle, n_params: int, log: RunLog) -> None:
+    log.print("configuration: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
+    log.print(f"training images per class ({sum(data.train_counts)} in all): {data.train_counts}")
+    log.print(f"test images: {len(data.test)}; parameters: {n_params:,}")
+
+
+def main(args: argparse.Namespace) -> Optional[Dict]:
+    check_args(args)
+    seed_everything(args.seed)
+    device = select_device(args.gpu)
+    data = build_data(args)
+    args.num_classes = data.num_classes
+    model = build_model(args.arch, data.num_classes, args.width).to(device)
+    n_params = count_parameters(model)
+
+    checkpoint = read_checkpoint(args.resume) if args.resume else None
+    run_dir = os.path.dirname(os.path.abspath(args.resume)) if checkpoint else make_run_folder(args)
+    ckpt_dir = os.path.join(args.root_model, os.path.basename(run_dir)) if args.root_model else run_dir
+    os.makedirs(ckpt_dir, exist_ok=True)
+    log = RunLog(run_dir, tensorboard=not (args.no_tensorboard or args.dry_run))
+    log.print(f"run folder: {run_dir}; device: {device}")
+    describe(args, data, n_params, log)
+    if not checkpoint:
+        write_json(os.path.join(run_dir, "args.json"), {
+            "args": vars(args), "train_counts": data.train_counts, "parameters": n_params,
+            "versions": library_versions(), "command": " ".join(sys.argv)})
+    pin = device.type == "cuda"
+    loaders = build_train_loaders(data.train, data.train_counts, args.batch_size, args.resample_weighting,
+                                  args.workers, args.seed, pin_memory=pin)
+    test_loader = build_test_loader(data.test, args.workers, pin_memory=pin)
+    if args.dry_run:
+        log.print(f"dry run: {len(loaders[0])} steps per epoch; data, loaders and model built; exiting")
+        log.close()
+        return None
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
+                                weight_decay=args.weight_decay)
+    scheduler = build_scheduler(optimizer, args.epochs)
+    class_weights = class_balance_weights(data.train_counts, args.label_weighting).to(device)
+    mix_rng = np.random.default_rng(args.seed)
+    best_acc1, start_epoch = 0.0, args.start_epoch
+    if checkpoint:
+        load_weights(model, checkpoint["state_dict"], args.resume)
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        restore_rng_states(checkpoint["rng"], mix_rng, loaders)
+        best_acc1, start_epoch = checkpoint["best_acc1"], checkpoint["epoch"]
+        log.print(f"resumed from {args.resume} after epoch {start_epoch} (best top-1 {best_acc1:.2f})")
+    else:
+        for _ in range(start_epoch):
+            scheduler.step()
+
+    result = None
+    for epoch in range(start_epoch, args.epochs):
+        lr = optimizer.param_groups[0]["lr"]
+        train_stats = train_one_epoch(model, optimizer, loaders, class_weights, mix_rng, epoch, args, device,
+                                      log, data.image_size)
+        scheduler.step()
+        result = evaluate(model, test_loader, device, data.train_counts, args.shot_rule)
+        is_best = result["top1"] > best_acc1
+        best_acc1 = max(best_acc1, result["top1"])
+        save_checkpoint({"epoch": epoch + 1, "arch": args.arch, "state_dict": unwrap(model).state_dict(),
+                         "best_acc1": best_acc1, "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "rng": rng_states(mix_rng, loaders),
+                         "args": vars(args), "train_counts": data.train_counts}, ckpt_dir, is_best)
+        log.print(f"epoch {epoch + 1}/{args.epochs} test top-1 {result['top1']:.2f} top-5 {result['top5']:.2f} "
+                  f"many {format_group(result['many'])} medium {format_group(result['medium'])} "
+                  f"few {format_group(result['few'])} ({result['shot_rule']} rule) best {best_acc1:.2f} "
+                  f"[{train_stats['seconds']:.1f} s train]")
+        record = {"epoch": epoch + 1, "lr": lr, **train_stats,
+                  **{k: result[k] for k in ("top1", "top5", "many", "medium", "few")}, "best_acc1": best_acc1}
+        log.epoch_record(record)
+        log.scalars({f"train/{k}": train_stats[k] for k in ("loss", "balance", "rebalance", "consistency")}
+                    | {"train/lr": lr, "train/alpha": train_stats["alpha"]}
+                    | {f"test/{k}": result[k] for k in ("top1", "top5", "many", "medium", "few")}, epoch + 1)
+    if result is not None:
+        log.print(f"done: best top-1 {best_acc1:.2f}, last top-1 {result['top1']:.2f}")
+    log.close()
+    return result
+
+
+if __name__ == "__main__":
+    run_cli(main, get_args_parser())

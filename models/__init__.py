@@ -1,0 +1,30 @@
+"""Model registry: `build_model(arch, num_classes, width)`."""
+from typing import Callable, Dict
+
+from torch import nn
+
+from models.resnet32 import ResNet32
+from models.resnet_cifar import resnet18, resnet34, resnet50
+
+ARCHS: Dict[str, Callable[..., nn.Module]] = {
+    "resnet32": ResNet32,
+    "resnet18": resnet18,
+    "resnet34": resnet34,
+    "resnet50": resnet50,
+}
+RESNET32_RELEASED_WIDTH = 64
+
+
+def build_model(arch: str, num_classes: int, width: int = RESNET32_RELEASED_WIDTH) -> nn.Module:
+    """Build a GLMC network; `width` is the base width of resnet32 (64 released, 16 standard)."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHS)}")
+    if arch == "resnet32":
+        return ResNet32(num_classes, width=width)
+    if width != RESNET32_RELEASED_WIDTH:
+        raise ValueError(f"--width applies to resnet32 only, not to {arch!r}")
+    return ARCHS[arch](num_classes)
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny CIFAR-format pickle releases written to a temp folder."""
+import os
+import pickle
+import sys
+
+import numpy as np
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+
+def write_cifar(root, dataset="cifar10", train_per_class=20, test_per_class=4, str_keys=False,
+                folder_name=None, seed=0):
+    """Write a CIFAR release with `train_per_class` images per class, labels interleaved as in the real files."""
+    rng = np.random.RandomState(seed)
+    num_classes = 10 if dataset == "cifar10" else 100
+    label_key = "labels" if dataset == "cifar10" else "fine_labels"
+    folder = os.path.join(root, folder_name or ("cifar-10-batches-py" if dataset == "cifar10" else "cifar-100-python"))
+    os.makedirs(folder, exist_ok=True)
+
+    def blob(per_class):
+        labels = np.tile(np.arange(num_classes), per_class)
+        rng.shuffle(labels)
+        data = rng.randint(0, 256, size=(len(labels), 3072), dtype=np.uint8)
+        return data, labels.tolist()
+
+    def dump(name, data, labels):
+        entry = {"data": data, label_key: labels, "batch_label": name}
+        if not str_keys:
+            entry = {k.encode(): v for k, v in entry.items()}
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump(entry, f, protocol=2)
+
+    if dataset == "cifar10":
+        data, labels = blob(train_per_class)
+        for i, part in enumerate(np.array_split(np.arange(len(labels)), 5)):
+            dump(f"data_batch_{i + 1}", data[part], [labels[j] for j in part])
+        dump("test_batch", *blob(test_per_class))
+    else:
+        dump("train", *blob(train_per_class))
+        dump("test", *blob(test_per_class))
+    return folder
+
+
+@pytest.fixture
+def cifar10_root(tmp_path):
+    write_cifar(str(tmp_path / "data"))
+    return str(tmp_path / "data")

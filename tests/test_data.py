@@ -1,0 +1,104 @@
+import numpy as np
+import pytest
+import torch
+
+from datasets.cifar_lt import find_cifar_folder, img_num_per_class, load_cifar_lt, select_long_tailed
+from datasets.loaders import ImageArrayDataset, build_train_loaders, resample_weights
+from datasets.transforms import TwoViews, cifar_train_transform
+from tests.conftest import write_cifar
+from utils.errors import UsageError
+
+
+@pytest.mark.parametrize("n_max,classes", [(5000, 10), (500, 100)])
+@pytest.mark.parametrize("rate", [0.01, 0.02, 0.1])
+def test_counts_follow_the_formula(n_max, classes, rate):
+    expected = [int(n_max * rate ** (c / (classes - 1))) for c in range(classes)]
+    assert img_num_per_class(n_max, classes, rate) == expected
+
+
+def test_published_counts():
+    assert img_num_per_class(5000, 10, 0.01) == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
+    cifar100 = img_num_per_class(500, 100, 0.01)
+    assert sum(cifar100) == 10847 and cifar100[99] == 5 and cifar100[69] == 20
+    assert img_num_per_class(500, 100, 1.0) == [500] * 100
+
+
+def test_released_selection_matches_numpy_global_generator():
+    labels = np.random.RandomState(5).randint(0, 4, size=200)
+    counts = [30, 20, 10, 5]
+    np.random.seed(3407)  # the released code seeds numpy's global generator, then picks class by class
+    expected = np.concatenate([np.random.choice(np.where(labels == c)[0], n, replace=False)
+                               for c, n in enumerate(counts)])
+    assert np.array_equal(select_long_tailed(labels, counts, "released", 3407), expected)
+
+
+def test_cao_split_shuffles_each_class_with_seed_zero():
+    labels = np.random.RandomState(5).randint(0, 4, size=200)
+    counts = [30, 20, 10, 5]
+    np.random.seed(0)
+    expected = []
+    for c, n in enumerate(counts):
+        idx = np.where(labels == c)[0]
+        np.random.shuffle(idx)
+        expected.append(idx[:n])
+    assert np.array_equal(select_long_tailed(labels, counts, "cao", 3407), np.concatenate(expected))
+
+
+@pytest.mark.parametrize("str_keys", [False, True])
+@pytest.mark.parametrize("folder_name", ["cifar-10-batches-py", "CIFAR-10-batches-py"])
+def test_reads_release_with_bytes_or_str_keys_any_case(tmp_path, str_keys, folder_name):
+    folder = write_cifar(str(tmp_path), str_keys=str_keys, folder_name=folder_name)
+    for root in (str(tmp_path), folder):  # the parent or the batches folder itself
+        assert find_cifar_folder(root, "cifar10") == folder
+        arrays = load_cifar_lt(root, "cifar10", 0.1, "released", 1, download=False)
+        assert np.bincount(arrays["train"].labels).tolist() == img_num_per_class(20, 10, 0.1)
+        assert np.bincount(arrays["test"].labels).tolist() == [4] * 10
+        assert arrays["train"].images.shape[1:] == (32, 32, 3) and arrays["train"].images.dtype == np.uint8
+
+
+def test_images_keep_channel_layout(tmp_path):
+    folder = write_cifar(str(tmp_path))
+    import pickle
+    with open(f"{folder}/test_batch", "rb") as f:
+        raw = pickle.load(f, encoding="bytes")
+    arrays = load_cifar_lt(str(tmp_path), "cifar10", 1.0, "released", 1, download=False)
+    first = raw[b"data"][0]
+    # CIFAR rows are channel-major: 1024 red, 1024 green, 1024 blue values.
+    assert arrays["test"].images[0, 0, 1, 0] == first[1]
+    assert arrays["test"].images[0, 0, 0, 2] == first[2048]
+    assert arrays["test"].images[0, 1, 0, 1] == first[1024 + 32]
+
+
+def test_cifar100_and_balanced_rate(tmp_path):
+    write_cifar(str(tmp_path), dataset="cifar100", train_per_class=6, test_per_class=2)
+    arrays = load_cifar_lt(str(tmp_path), "cifar100", 1.0, "released", 1, download=False)
+    assert np.bincount(arrays["train"].labels).tolist() == [6] * 100
+    assert len(arrays["test"].labels) == 200
+
+
+def test_missing_data_message_shows_layout(tmp_path):
+    with pytest.raises(UsageError) as err:
+        load_cifar_lt(str(tmp_path), "cifar10", 0.01, "released", 1, download=False)
+    assert "cifar-10-batches-py" in str(err.value) and "data_batch_1" in str(err.value)
+    assert str(tmp_path) in str(err.value)
+
+
+def test_resample_weights_follow_class_power():
+    targets = [0] * 8 + [1] * 2
+    w = resample_weights(targets, [8, 2], power=1.0)
+    class_w = np.array([8 ** -1.0, 2 ** -1.0])
+    class_w = class_w / class_w.sum() * 2
+    assert torch.allclose(w, torch.tensor(class_w[targets]))
+
+
+def test_loaders_yield_two_views_and_resample_tail(tmp_path):
+    images = np.random.RandomState(0).randint(0, 256, size=(100, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([0] * 90 + [1] * 10)
+    ds = ImageArrayDataset(images, labels, TwoViews(cifar_train_transform("cifar10")))
+    uniform, resampled = build_train_loaders(ds, [90, 10], batch_size=100, resample_power=1.0, workers=0, seed=0)
+    (v1, v2), y = next(iter(uniform))
+    assert v1.shape == v2.shape == (100, 3, 32, 32) and not torch.equal(v1, v2)
+    assert sorted(y.tolist()) == sorted(labels.tolist())
+    draws = torch.cat([next(iter(resampled))[1] for _ in range(20)])
+    # q = 1 gives both classes equal total weight: about half the draws from the tail class.
+    assert 0.4 < draws.float().mean().item() < 0.6

@@ -1,0 +1,100 @@
+"""Checkpoints in the released layout (SPEC §8), written crash-safe."""
+import os
+import shutil
+import tempfile
+from typing import Dict, Mapping
+
+import torch
+from torch import nn
+
+from utils.errors import UsageError
+
+PREFIXES = ("module.", "_orig_mod.")
+
+
+def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Drop DataParallel's `module.` and torch.compile's `_orig_mod.` from every key."""
+    out = {}
+    for key, value in state_dict.items():
+        changed = True
+        while changed:
+            changed = False
+            for prefix in PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        out[key] = value
+    return out
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DataParallel/DDP/torch.compile wrappers."""
+    while hasattr(model, "module") or hasattr(model, "_orig_mod"):
+        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+    return model
+
+
+def atomic_save(obj: Dict, path: str) -> None:
+    """Write to a temporary file in the same folder, flush, then rename over `path`."""
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth.tar", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_checkpoint(state: Dict, folder: str, is_best: bool, every: int = 20) -> None:
+    """`ckpt.pth.tar` always, `ckpt.best.pth.tar` when best, `<epoch>_ckpt.pth.tar` every `every` epochs."""
+    latest = os.path.join(folder, "ckpt.pth.tar")
+    atomic_save(state, latest)
+    copies = []
+    if is_best:
+        copies.append("ckpt.best.pth.tar")
+    if every and state["epoch"] % every == 0:
+        copies.append(f"{state['epoch']}_ckpt.pth.tar")
+    for name in copies:
+        tmp = os.path.join(folder, f".tmp_{name}")
+        shutil.copyfile(latest, tmp)
+        os.replace(tmp, os.path.join(folder, name))
+
+
+def read_checkpoint(path: str) -> Dict:
+    """Load a checkpoint dict (or a bare state_dict, wrapped as {'state_dict': ...}) on the CPU."""
+    if not os.path.isfile(path):
+        raise UsageError(f"checkpoint {path!r} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise UsageError(f"cannot read checkpoint {path!r}: {exc.__class__.__name__}: {exc}. "
+                         "Is the file truncated or not a PyTorch checkpoint?") from exc
+    if isinstance(obj, dict) and "state_dict" in obj:
+        return obj
+    if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return {"state_dict": obj}
+    raise UsageError(f"{path!r} is not a model checkpoint: expected a dict with 'state_dict' or a state_dict")
+
+
+def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Load weights whatever their prefix; a mismatch names the keys and shapes that differ."""
+    ours = model.state_dict()
+    theirs = strip_prefixes(state_dict)
+    missing = [k for k in ours if k not in theirs]
+    unexpected = [k for k in theirs if k not in ours]
+    wrong = [f"{k}: checkpoint {tuple(theirs[k].shape)} vs model {tuple(ours[k].shape)}"
+             for k in ours if k in theirs and theirs[k].shape != ours[k].shape]
+    if missing or unexpected or wrong:
+        lines = [f"checkpoint {source!r} does not fit the model"]
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
+            if items:
+                lines.append(f"  {label} ({len(items)}): " + ", ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
+        if "fc_cb.weight" in theirs:
+            lines.append(f"  the checkpoint's classifier has {theirs['fc_cb.weight'].shape[0]} classes "
+                         f"and a {theirs['fc_cb.weight'].shape[1]}-d feature; check -a and --num_classes (and --width)")
+        raise UsageError("\n".join(lines))
+    model.load_state_dict(theirs)

@@ -1,0 +1,75 @@
+"""The GLMC objective (SPEC §5). `glmc_loss` reads like the SPEC's steps 2-9."""
+from dataclasses import dataclass
+from typing import Dict, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from utils.mixing import Mix, global_mix, local_mix
+
+
+@dataclass(frozen=True)
+class LossOptions:
+    """Released behaviour by default; each flag is one paper variant of SPEC §9."""
+
+    contrast_weight: float = 4.0
+    local_label_from_area: bool = False
+    mean_over_mixes: bool = False
+
+
+def class_balance_weights(counts: Sequence[int], power: float) -> torch.Tensor:
+    """w_c = n_c ** -power, normalised to sum to C (classes with no image get 0)."""
+    n = torch.tensor(counts, dtype=torch.float64)
+    w = torch.where(n > 0, n.clamp(min=1) ** -power, torch.zeros_like(n))
+    return (w / w.sum() * len(counts)).float()
+
+
+def cumulative_alpha(epoch: int, epochs: int) -> float:
+    """alpha = 1 - (epoch / epochs) ** 2, epoch counted from 0 (SPEC §5 step 8)."""
+    return 1.0 - (epoch / epochs) ** 2
+
+
+def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of -sum_c t_c log softmax(logits)_c, in fp32."""
+    return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()
+
+
+def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """S(p, z) = -mean cosine(p, stop_gradient(z)), in fp32."""
+    return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
+
+
+def mixed_label(e_a: torch.Tensor, e_b: torch.Tensor, lam: float) -> torch.Tensor:
+    return lam * e_a + (1.0 - lam) * e_b
+
+
+def glmc_loss(model: nn.Module, a1: torch.Tensor, a2: torch.Tensor, y: torch.Tensor,
+              b1: torch.Tensor, b2: torch.Tensor, y_b: torch.Tensor, mix: Mix,
+              class_weights: torch.Tensor, alpha: float,
+              opts: LossOptions = LossOptions()) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """One GLMC step's loss. (a1, a2, y): original views and labels; (b1, b2, y_b): partner's."""
+    lam = mix.lam
+    lam_l = 1.0 - mix.pasted_fraction(*a2.shape[-2:]) if opts.local_label_from_area else lam
+    x_g = global_mix(a1, b1, lam)
+    x_l = local_mix(a2, b2, mix.box)
+
+    num_classes = class_weights.numel()
+    e, e_b = F.one_hot(y, num_classes).float(), F.one_hot(y_b, num_classes).float()
+    w = class_weights.to(e.device)
+    ew, ew_b = w[y, None] * e, w[y_b, None] * e_b
+    t_g, t_l = mixed_label(e, e_b, lam), mixed_label(e, e_b, lam_l)
+    tw_g, tw_l = mixed_label(ew, ew_b, lam), mixed_label(ew, ew_b, lam_l)
+
+    o_g, c_g, z_g, p_g = model(x_g, train=True)
+    o_l, c_l, z_l, p_l = model(x_l, train=True)
+
+    balance = soft_cross_entropy(o_g, t_g) + soft_cross_entropy(o_l, t_l)
+    rebalance = soft_cross_entropy(c_g, tw_g) + soft_cross_entropy(c_l, tw_l)
+    consistency = negative_cosine(p_g, z_l) + negative_cosine(p_l, z_g)
+    if opts.mean_over_mixes:
+        balance, rebalance, consistency = balance / 2, rebalance / 2, consistency / 2
+
+    loss = alpha * balance + (1 - alpha) * rebalance + opts.contrast_weight * consistency
+    return loss, {"loss": loss.detach(), "balance": balance.detach(), "rebalance": rebalance.detach(),
+                  "consistency": consistency.detach()}

@@ -1,0 +1,73 @@
+"""Evaluation figures (SPEC §7): top-k per sample, per-class accuracy, shot groups."""
+from typing import Dict, List, Optional, Sequence
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+SHOT_RULES = {
+    "released": "many > 100, few <= 20 training images (released code)",
+    "common": "many > 100, few < 20 training images (Kang et al. 2020)",
+}
+
+
+def shot_groups(train_counts: Sequence[int], rule: str = "released") -> Dict[str, List[int]]:
+    """Class indices of the many/medium/few-shot groups under `rule`."""
+    if rule not in SHOT_RULES:
+        raise ValueError(f"unknown shot rule {rule!r}; expected one of {list(SHOT_RULES)}")
+    few_limit = 20 if rule == "released" else 19
+    groups: Dict[str, List[int]] = {"many": [], "medium": [], "few": []}
+    for c, n in enumerate(train_counts):
+        key = "many" if n > 100 else "few" if n <= few_limit else "medium"
+        groups[key].append(c)
+    return groups
+
+
+@torch.no_grad()
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, k: int = 5):
+    """(top-k predictions, targets) over the whole loader, with the evaluation forward."""
+    model.eval()
+    preds, targets = [], []
+    for images, labels in loader:
+        logits = model(images.to(device, non_blocking=True))
+        preds.append(logits.float().topk(min(k, logits.shape[1]), dim=1).indices.cpu())
+        targets.append(labels)
+    return torch.cat(preds), torch.cat(targets)
+
+
+def summarize(topk_preds: torch.Tensor, targets: torch.Tensor, train_counts: Sequence[int],
+              rule: str = "released") -> Dict:
+    """top1/top5 over samples, per-class accuracy and group means (None for an empty group), in %."""
+    num_classes = len(train_counts)
+    correct1 = topk_preds[:, 0] == targets
+    correct5 = (topk_preds == targets[:, None]).any(dim=1)
+    seen = torch.bincount(targets, minlength=num_classes).double()
+    hits = torch.bincount(targets[correct1], minlength=num_classes).double()
+    per_class = torch.where(seen > 0, 100.0 * hits / seen.clamp(min=1), torch.full_like(seen, float("nan")))
+    groups = shot_groups(train_counts, rule)
+
+    def group_mean(classes: List[int]) -> Optional[float]:
+        vals = per_class[classes]
+        vals = vals[~vals.isnan()]
+        return float(vals.mean()) if len(vals) else None
+
+    return {
+        "top1": 100.0 * float(correct1.double().mean()),
+        "top5": 100.0 * float(correct5.double().mean()),
+        "many": group_mean(groups["many"]),
+        "medium": group_mean(groups["medium"]),
+        "few": group_mean(groups["few"]),
+        "per_class": [None if v != v else float(v) for v in per_class.tolist()],
+        "shot_rule": rule,
+        "group_sizes": {k: len(v) for k, v in groups.items()},
+    }
+
+
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, train_counts: Sequence[int],
+             rule: str = "released") -> Dict:
+    preds, targets = predict(model, loader, device)
+    return summarize(preds, targets, train_counts, rule)
+
+
+def format_group(value: Optional[float]) -> str:
+    return "empty" if value is None else f"{value:.2f}"
