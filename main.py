@@ -11,17 +11,19 @@ import os
 import random
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from datasets import DataBundle, build_data, build_test_loader
-from datasets.loaders import PartnerBatches, build_train_loaders
+from datasets.loaders import PairedTrainLoader
 from models import build_model, count_parameters
 from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint, unwrap
 from utils.config import add_data_and_model_args, check_common_args, run_cli, select_device
-from utils.errors import UsageError
+from utils.errors import RunStopped, UsageError
+from utils.interrupt import StopRequest
 from utils.losses import LossOptions, class_balance_weights, cumulative_alpha, glmc_loss
 from utils.metrics import evaluate, format_group
 from utils.mixing import draw_mix
@@ -59,7 +61,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--root_log", default="runs", help="parent folder of run folders (logs, args.json)")
     g.add_argument("--root_model", default=None,
                    help="parent folder for checkpoints (default: the run folder itself)")
-    g.add_argument("--resume", default=None, help="checkpoint to continue from, in its own run folder")
+    g.add_argument("--resume", default=None,
+                   help="continue a run: a checkpoint, or a run folder (its latest checkpoint); "
+                        "logs and metrics.jsonl are appended in the same run folder")
     g.add_argument("--dry_run", action="store_true",
                    help="build data, loaders and model, print the configuration, write args.json, then exit")
     g.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard scalars")
@@ -86,72 +90,102 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def rng_states(mix_rng: np.random.Generator, loaders) -> Dict:
+def rng_states(mix_rng: np.random.Generator) -> Dict:
     return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "mix": mix_rng.bit_generator.state, "loaders": [gen.get_state() for gen in loader_generators(loaders)]}
+            "mix": mix_rng.bit_generator.state}
 
 
-def restore_rng_states(states: Dict, mix_rng: np.random.Generator, loaders) -> None:
+def restore_rng_states(states: Dict, mix_rng: np.random.Generator) -> None:
     random.setstate(states["python"])
     np.random.set_state(states["numpy"])
     torch.set_rng_state(states["torch"])
     if states["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(states["cuda"])
     mix_rng.bit_generator.state = states["mix"]
-    for gen, state in zip(loader_generators(loaders), states["loaders"]):
-        gen.set_state(state)
 
 
-def loader_generators(loaders):
-    uniform, resampled = loaders
-    return [uniform.generator, resampled.sampler.generator, resampled.generator]
+@dataclass
+class EpochProgress:
+    """How far the current epoch got: batches done and running sums of the loss terms."""
+
+    step: int = 0
+    seen: int = 0
+    sums: Dict[str, float] = field(default_factory=dict)
+
+    def means(self) -> Dict[str, float]:
+        return {k: v / max(self.seen, 1) for k, v in self.sums.items()}
 
 
-def train_one_epoch(model, optimizer, loaders, class_weights, mix_rng, epoch: int, args, device, log: RunLog,
-                    image_size: int) -> Dict[str, float]:
-    """One pass over the uniform loader, each batch paired with a re-sampled one (SPEC §3, §5)."""
+def train_one_epoch(model, optimizer, train_loader: PairedTrainLoader, class_weights, mix_rng, epoch: int,
+                    args, device, log: RunLog, image_size: int, progress: EpochProgress,
+                    stop: StopRequest) -> Dict[str, float]:
+    """One pass over the uniform loader, each batch paired with a re-sampled one (SPEC §3, §5).
+
+    Starts at `progress.step` and returns early, with `progress` up to date, when a stop is requested.
+    """
     model.train()
-    uniform, resampled = loaders
-    partner = PartnerBatches(resampled)
     alpha = cumulative_alpha(epoch, args.epochs)
     opts = LossOptions(args.contrast_weight, args.local_label == "area", args.mix_reduction == "mean")
     beta = args.beta if args.lambda_dist == "beta" else None
-    sums: Dict[str, torch.Tensor] = {}
-    seen, start, steps = 0, time.time(), len(uniform)
-    for step, ((a1, a2), y) in enumerate(uniform):
-        (b1, b2), y_b = partner.next()
-        n = y.shape[0]
+    start, seen_before, steps = time.time(), progress.seen, len(train_loader)
+    for ((a1, a2), y), ((b1, b2), y_b) in train_loader.epoch(epoch, skip_batches=progress.step):
         a1, a2, y = a1.to(device, non_blocking=True), a2.to(device, non_blocking=True), y.to(device)
-        b1, b2, y_b = b1[:n].to(device), b2[:n].to(device), y_b[:n].to(device)
+        b1, b2, y_b = b1.to(device, non_blocking=True), b2.to(device, non_blocking=True), y_b.to(device)
         mix = draw_mix(mix_rng, image_size, image_size, beta)
         loss, terms = glmc_loss(model, a1, a2, y, b1, b2, y_b, mix, class_weights, alpha, opts)
+        if not torch.isfinite(loss):
+            values = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items())
+            raise RunStopped(f"non-finite loss at epoch {epoch + 1}, step {progress.step + 1}: {values}. "
+                             "Stopped before updating; the last checkpoint is left intact.", exit_code=3)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        n = y.shape[0]
         for k, v in terms.items():
-            sums[k] = sums.get(k, 0.0) + v * n
-        seen += n
-        if step % args.print_freq == 0 or step == steps - 1:
-            means = {k: float(v) / seen for k, v in sums.items()}
-            log.print(f"epoch {epoch + 1}/{args.epochs} step {step + 1}/{steps} "
-                      + " ".join(f"{k} {v:.4f}" for k, v in means.items())
-                      + f" lr {optimizer.param_groups[0]['lr']:.5f} {seen / (time.time() - start):.0f} img/s")
-    means = {k: float(v) / seen for k, v in sums.items()}
-    means.update(alpha=alpha, seconds=time.time() - start, images_per_s=seen / (time.time() - start))
-    return means
+            progress.sums[k] = progress.sums.get(k, 0.0) + float(v) * n
+        progress.seen += n
+        progress.step += 1
+        if (progress.step - 1) % args.print_freq == 0 or progress.step == steps:
+            rate = (progress.seen - seen_before) / (time.time() - start)
+            log.print(f"epoch {epoch + 1}/{args.epochs} step {progress.step}/{steps} "
+                      + " ".join(f"{k} {v:.4f}" for k, v in progress.means().items())
+                      + f" lr {optimizer.param_groups[0]['lr']:.5f} {rate:.0f} img/s")
+        if stop.signum:
+            break
+    elapsed = time.time() - start
+    return {**progress.means(), "alpha": alpha, "seconds": elapsed,
+            "images_per_s": (progress.seen - seen_before) / max(elapsed, 1e-9)}
 
 
 def make_run_folder(args) -> str:
     name = run_name({"data": args.dataset, "arch": args.arch + (f"w{args.width}" if args.arch == "resnet32" else ""),
-                     "IF": f"IF{round(1 / args.imbanlance_rate):g}", "seed": f"s{args.seed}", "split": None if args.split == "released"
-                     else args.split})
+                     "IF": f"IF{round(1 / args.imbanlance_rate):g}", "seed": f"s{args.seed}",
+                     "split": None if args.split == "released" else args.split})
     folder = os.path.join(args.root_log, name)
     try:
         os.makedirs(folder, exist_ok=False)
     except OSError as exc:
-        raise UsageError(f"cannot create run folder {folder!r}: {exc.strerror}") from exc
+        raise UsageError(f"cannot create run folder {folder!r} under --root_log: {exc.strerror}") from exc
     return folder
+
+
+def resolve_resume(path: str) -> str:
+    """A checkpoint file, or a run folder meaning its latest checkpoint."""
+    if os.path.isdir(path):
+        latest = os.path.join(path, "ckpt.pth.tar")
+        if not os.path.isfile(latest):
+            raise UsageError(f"--resume {path!r} is a folder without ckpt.pth.tar")
+        return latest
+    return path
+
+
+def resume_command(checkpoint_path: str) -> str:
+    argv = list(sys.argv[1:])
+    if "--resume" in argv:
+        i = argv.index("--resume")
+        del argv[i:i + 2]
+    return " ".join(["python", "main.py", *argv, "--resume", checkpoint_path])
 
 
 def describe(args, data: DataBundle, n_params: int, log: RunLog) -> None:
@@ -166,13 +200,25 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
     device = select_device(args.gpu)
     data = build_data(args)
     args.num_classes = data.num_classes
-    model = build_model(args.arch, data.num_classes, args.width).to(device)
+    model = build_model(args.arch, data.num_classes, args.width)
     n_params = count_parameters(model)
+    checkpoint = None
+    if args.resume:  # validate before anything is written to the existing run folder
+        args.resume = resolve_resume(args.resume)
+        checkpoint = read_checkpoint(args.resume)
+        load_weights(model, checkpoint["state_dict"], args.resume)
+        if "optimizer" not in checkpoint:
+            raise UsageError(f"--resume {args.resume!r} holds weights only (no optimizer state); "
+                             "evaluate it with test.py instead")
+    model.to(device)
 
-    checkpoint = read_checkpoint(args.resume) if args.resume else None
-    run_dir = os.path.dirname(os.path.abspath(args.resume)) if checkpoint else make_run_folder(args)
+    run_dir = checkpoint.get("run_dir", os.path.dirname(os.path.abspath(args.resume))) if checkpoint \
+        else make_run_folder(args)
     ckpt_dir = os.path.join(args.root_model, os.path.basename(run_dir)) if args.root_model else run_dir
-    os.makedirs(ckpt_dir, exist_ok=True)
+    try:
+        os.makedirs(ckpt_dir, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create checkpoint folder {ckpt_dir!r}: {exc.strerror}") from exc
     log = RunLog(run_dir, tensorboard=not (args.no_tensorboard or args.dry_run))
     log.print(f"run folder: {run_dir}; device: {device}")
     describe(args, data, n_params, log)
@@ -181,11 +227,11 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
             "args": vars(args), "train_counts": data.train_counts, "parameters": n_params,
             "versions": library_versions(), "command": " ".join(sys.argv)})
     pin = device.type == "cuda"
-    loaders = build_train_loaders(data.train, data.train_counts, args.batch_size, args.resample_weighting,
-                                  args.workers, args.seed, pin_memory=pin)
+    train_loader = PairedTrainLoader(data.train, data.train_counts, args.batch_size, args.resample_weighting,
+                                     args.workers, args.seed, pin_memory=pin)
     test_loader = build_test_loader(data.test, args.workers, pin_memory=pin)
     if args.dry_run:
-        log.print(f"dry run: {len(loaders[0])} steps per epoch; data, loaders and model built; exiting")
+        log.print(f"dry run: {len(train_loader)} steps per epoch; data, loaders and model built; exiting")
         log.close()
         return None
 
@@ -194,31 +240,45 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
     scheduler = build_scheduler(optimizer, args.epochs)
     class_weights = class_balance_weights(data.train_counts, args.label_weighting).to(device)
     mix_rng = np.random.default_rng(args.seed)
-    best_acc1, start_epoch = 0.0, args.start_epoch
+    best_acc1, start_epoch, progress = 0.0, args.start_epoch, EpochProgress()
     if checkpoint:
-        load_weights(model, checkpoint["state_dict"], args.resume)
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
-        restore_rng_states(checkpoint["rng"], mix_rng, loaders)
+        restore_rng_states(checkpoint["rng"], mix_rng)
         best_acc1, start_epoch = checkpoint["best_acc1"], checkpoint["epoch"]
-        log.print(f"resumed from {args.resume} after epoch {start_epoch} (best top-1 {best_acc1:.2f})")
+        progress = EpochProgress(**checkpoint.get("in_epoch") or {})
+        where = f"epoch {start_epoch + 1}, step {progress.step + 1}" if progress.step else f"epoch {start_epoch + 1}"
+        log.print(f"resumed from {args.resume}: continuing at {where} (best top-1 so far {best_acc1:.2f})")
     else:
         for _ in range(start_epoch):
             scheduler.step()
 
+    def save(epochs_done: int, is_best: bool, in_epoch: Optional[EpochProgress] = None) -> str:
+        state = {"epoch": epochs_done, "arch": args.arch, "state_dict": unwrap(model).state_dict(),
+                 "best_acc1": best_acc1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                 "rng": rng_states(mix_rng), "in_epoch": asdict(in_epoch) if in_epoch else None,
+                 "args": vars(args), "train_counts": data.train_counts, "run_dir": run_dir}
+        save_checkpoint(state, ckpt_dir, is_best, every=20 if in_epoch is None else 0)
+        return os.path.join(ckpt_dir, "ckpt.pth.tar")
+
+    stop = StopRequest().install()
     result = None
     for epoch in range(start_epoch, args.epochs):
         lr = optimizer.param_groups[0]["lr"]
-        train_stats = train_one_epoch(model, optimizer, loaders, class_weights, mix_rng, epoch, args, device,
-                                      log, data.image_size)
+        train_stats = train_one_epoch(model, optimizer, train_loader, class_weights, mix_rng, epoch, args, device,
+                                      log, data.image_size, progress, stop)
+        if progress.step < len(train_loader):  # stopped by a signal mid-epoch
+            path = save(epoch, False, progress)
+            log.close()
+            raise RunStopped(f"stopped by {stop.name} at epoch {epoch + 1}, step {progress.step}/{len(train_loader)}; "
+                             f"{path} resumes mid-epoch at step {progress.step + 1}:\n  {resume_command(path)}",
+                             stop.exit_code)
+        progress = EpochProgress()
         scheduler.step()
         result = evaluate(model, test_loader, device, data.train_counts, args.shot_rule)
         is_best = result["top1"] > best_acc1
         best_acc1 = max(best_acc1, result["top1"])
-        save_checkpoint({"epoch": epoch + 1, "arch": args.arch, "state_dict": unwrap(model).state_dict(),
-                         "best_acc1": best_acc1, "optimizer": optimizer.state_dict(),
-                         "scheduler": scheduler.state_dict(), "rng": rng_states(mix_rng, loaders),
-                         "args": vars(args), "train_counts": data.train_counts}, ckpt_dir, is_best)
+        path = save(epoch + 1, is_best)
         log.print(f"epoch {epoch + 1}/{args.epochs} test top-1 {result['top1']:.2f} top-5 {result['top5']:.2f} "
                   f"many {format_group(result['many'])} medium {format_group(result['medium'])} "
                   f"few {format_group(result['few'])} ({result['shot_rule']} rule) best {best_acc1:.2f} "
@@ -229,6 +289,10 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
         log.scalars({f"train/{k}": train_stats[k] for k in ("loss", "balance", "rebalance", "consistency")}
                     | {"train/lr": lr, "train/alpha": train_stats["alpha"]}
                     | {f"test/{k}": result[k] for k in ("top1", "top5", "many", "medium", "few")}, epoch + 1)
+        if stop.signum and epoch + 1 < args.epochs:
+            log.close()
+            raise RunStopped(f"stopped by {stop.name} after epoch {epoch + 1}; {path} resumes at the epoch "
+                             f"boundary (epoch {epoch + 2}):\n  {resume_command(path)}", stop.exit_code)
     if result is not None:
         log.print(f"done: best top-1 {best_acc1:.2f}, last top-1 {result['top1']:.2f}")
     log.close()

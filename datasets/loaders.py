@@ -1,10 +1,15 @@
-"""The data sets as torch Datasets and the two training loaders (SPEC §3)."""
+"""The data sets as torch Datasets and the paired training loaders (SPEC §3).
+
+Each epoch's sample order (and the seeds of the loader's workers) is a pure
+function of (seed, epoch), so a run resumed from a checkpoint, even one written
+mid-epoch, sees the same batches as an uninterrupted run.
+"""
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from utils.losses import class_balance_weights
 
@@ -36,37 +41,60 @@ def resample_weights(targets: Sequence[int], counts: Sequence[int], power: float
     return class_balance_weights(counts, power).double()[torch.as_tensor(targets)]
 
 
-def seeded_generator(seed: int) -> torch.Generator:
-    g = torch.Generator()
-    g.manual_seed(seed)
-    return g
+def epoch_generator(seed: int, stream: int, epoch: int) -> torch.Generator:
+    """An independent generator for one (seed, stream, epoch)."""
+    state = np.random.SeedSequence([seed, stream, epoch]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator().manual_seed(int(state) & (2 ** 63 - 1))
 
 
-def build_train_loaders(dataset: Dataset, counts: Sequence[int], batch_size: int, resample_power: float,
-                        workers: int, seed: int, pin_memory: bool = False) -> Tuple[DataLoader, DataLoader]:
-    """The uniform loader (shuffled) and the class re-sampling loader (weighted, with replacement)."""
-    common = dict(batch_size=batch_size, num_workers=workers, pin_memory=pin_memory,
-                  persistent_workers=workers > 0)
-    uniform = DataLoader(dataset, shuffle=True, generator=seeded_generator(seed), **common)
-    weights = resample_weights(dataset.targets, counts, resample_power)
-    sampler = WeightedRandomSampler(weights, num_samples=len(weights), replacement=True,
-                                    generator=seeded_generator(seed + 1))
-    resampled = DataLoader(dataset, sampler=sampler, generator=seeded_generator(seed + 2), **common)
-    return uniform, resampled
+class EpochSampler(Sampler[int]):
+    """A shuffled permutation (weights None) or weighted draws with replacement, fixed by (seed, epoch).
+
+    `set_epoch(epoch, start)` selects the epoch and skips its first `start` indices.
+    """
+
+    def __init__(self, size: int, seed: int, stream: int, weights: Optional[torch.Tensor] = None) -> None:
+        self.size, self.seed, self.stream, self.weights = size, seed, stream, weights
+        self.epoch, self.start = 0, 0
+
+    def set_epoch(self, epoch: int, start: int = 0) -> None:
+        self.epoch, self.start = epoch, start
+
+    def indices(self) -> torch.Tensor:
+        g = epoch_generator(self.seed, self.stream, self.epoch)
+        if self.weights is None:
+            return torch.randperm(self.size, generator=g)
+        return torch.multinomial(self.weights, self.size, replacement=True, generator=g)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices()[self.start:].tolist())
+
+    def __len__(self) -> int:
+        return self.size - self.start
 
 
-class PartnerBatches:
-    """Endless batches of the re-sampling loader, restarted whenever it runs out."""
+class PairedTrainLoader:
+    """Batch i of the uniform loader paired with batch i of the class re-sampling loader.
 
-    def __init__(self, loader: DataLoader) -> None:
-        self.loader = loader
-        self._it: Optional[Iterator] = None
+    Both samplers draw as many images as the data set has, so the two loaders
+    have the same length and the partner batch always matches the original's size.
+    """
 
-    def next(self):
-        if self._it is None:
-            self._it = iter(self.loader)
-        try:
-            return next(self._it)
-        except StopIteration:
-            self._it = iter(self.loader)
-            return next(self._it)
+    def __init__(self, dataset: Dataset, counts: Sequence[int], batch_size: int, resample_power: float,
+                 workers: int, seed: int, pin_memory: bool = False) -> None:
+        self.seed, self.batch_size = seed, batch_size
+        n = len(dataset)
+        self.samplers = (EpochSampler(n, seed, stream=0),
+                         EpochSampler(n, seed, stream=1, weights=resample_weights(dataset.targets, counts, resample_power)))
+        self.loaders = [DataLoader(dataset, batch_size=batch_size, sampler=s, num_workers=workers,
+                                   pin_memory=pin_memory, generator=torch.Generator()) for s in self.samplers]
+
+    def __len__(self) -> int:
+        return -(-self.samplers[0].size // self.batch_size)
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Tuple]:
+        """(original batch, partner batch) pairs of `epoch`, starting after `skip_batches`."""
+        for stream, (sampler, loader) in enumerate(zip(self.samplers, self.loaders)):
+            sampler.set_epoch(epoch, skip_batches * self.batch_size)
+            loader.generator.manual_seed(int(epoch_generator(self.seed, 2 + stream, epoch).initial_seed()))
+        return zip(*self.loaders)

@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from datasets.cifar_lt import find_cifar_folder, img_num_per_class, load_cifar_lt, select_long_tailed
-from datasets.loaders import ImageArrayDataset, build_train_loaders, resample_weights
+from datasets.loaders import EpochSampler, ImageArrayDataset, PairedTrainLoader, resample_weights
 from datasets.transforms import TwoViews, cifar_train_transform
 from tests.conftest import write_cifar
 from utils.errors import UsageError
@@ -91,14 +91,29 @@ def test_resample_weights_follow_class_power():
     assert torch.allclose(w, torch.tensor(class_w[targets]))
 
 
-def test_loaders_yield_two_views_and_resample_tail(tmp_path):
+def test_paired_loader_yields_two_views_and_resamples_tail():
     images = np.random.RandomState(0).randint(0, 256, size=(100, 32, 32, 3), dtype=np.uint8)
     labels = np.array([0] * 90 + [1] * 10)
     ds = ImageArrayDataset(images, labels, TwoViews(cifar_train_transform("cifar10")))
-    uniform, resampled = build_train_loaders(ds, [90, 10], batch_size=100, resample_power=1.0, workers=0, seed=0)
-    (v1, v2), y = next(iter(uniform))
-    assert v1.shape == v2.shape == (100, 3, 32, 32) and not torch.equal(v1, v2)
-    assert sorted(y.tolist()) == sorted(labels.tolist())
-    draws = torch.cat([next(iter(resampled))[1] for _ in range(20)])
-    # q = 1 gives both classes equal total weight: about half the draws from the tail class.
+    loader = PairedTrainLoader(ds, [90, 10], batch_size=100, resample_power=1.0, workers=0, seed=0)
+    assert len(loader) == 1
+    (((v1, v2), y), ((p1, p2), y_b)), = list(loader.epoch(0))
+    assert v1.shape == v2.shape == p1.shape == (100, 3, 32, 32) and not torch.equal(v1, v2)
+    assert sorted(y.tolist()) == sorted(labels.tolist())  # the uniform loader sees every image once
+    draws = torch.cat([pair[1][1] for e in range(20) for pair in loader.epoch(e)])
+    # q = 1 gives both classes equal total weight: about half the partner draws from the tail class.
     assert 0.4 < draws.float().mean().item() < 0.6
+
+
+def test_epoch_sampler_is_a_function_of_seed_and_epoch_and_skips_exactly():
+    s = EpochSampler(50, seed=3, stream=0)
+    s.set_epoch(4)
+    full = list(s)
+    assert sorted(full) == list(range(50))
+    s.set_epoch(5)
+    assert list(s) != full
+    s.set_epoch(4, start=20)
+    assert list(s) == full[20:] and len(s) == 30
+    assert list(EpochSampler(50, seed=3, stream=0)) == list(EpochSampler(50, seed=3, stream=0))
+    w = EpochSampler(50, seed=3, stream=1, weights=torch.ones(50, dtype=torch.float64))
+    assert len(list(w)) == 50 and len(set(w)) < 50  # with replacement

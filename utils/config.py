@@ -8,7 +8,7 @@ import torch
 from datasets import DATASETS
 from datasets.cifar_lt import SPLITS
 from models import ARCHS, RESNET32_RELEASED_WIDTH
-from utils.errors import UsageError
+from utils.errors import RunStopped, UsageError
 from utils.metrics import SHOT_RULES
 
 
@@ -34,6 +34,7 @@ def add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="data loading worker processes (default: 4 as released, fewer on a smaller machine)")
     g.add_argument("--gpu", type=int, default=None, help="GPU index (default: GPU 0 if there is one, else CPU)")
+    g.add_argument("--debug", action="store_true", help="show the Python traceback on errors")
     g.add_argument("--shot_rule", default="released", choices=list(SHOT_RULES),
                    help="many/medium/few rule: " + "; ".join(f"{k}: {v}" for k, v in SHOT_RULES.items()))
 
@@ -60,10 +61,12 @@ def select_device(gpu) -> torch.device:
 
 
 def run_cli(entry, parser: argparse.ArgumentParser, argv=None) -> None:
-    """Parse, run, and turn a UsageError into one clear line and exit code 2."""
+    """Parse and run; a UsageError or RunStopped ends in one clear message and its exit code."""
     args = parser.parse_args(argv)
     try:
         entry(args)
-    except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+    except (UsageError, RunStopped) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}" if isinstance(exc, UsageError) else str(exc), file=sys.stderr)
+        sys.exit(exc.exit_code if isinstance(exc, RunStopped) else 2)

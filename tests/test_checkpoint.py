@@ -1,0 +1,50 @@
+import os
+
+import pytest
+import torch
+
+from models import build_model
+from utils import checkpoint as ckpt_mod
+from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint, strip_prefixes
+from utils.errors import UsageError
+
+
+def test_strip_prefixes():
+    sd = {"module.a": 1, "_orig_mod.b": 2, "module._orig_mod.c": 3, "d": 4}
+    assert strip_prefixes(sd) == {"a": 1, "b": 2, "c": 3, "d": 4}
+
+
+def test_best_and_every_twenty_epochs(tmp_path):
+    for epoch, best in [(19, True), (20, False), (21, False), (40, True)]:
+        save_checkpoint({"epoch": epoch, "state_dict": {}, "best_acc1": 0.0}, str(tmp_path), best)
+    assert sorted(os.listdir(tmp_path)) == ["20_ckpt.pth.tar", "40_ckpt.pth.tar", "ckpt.best.pth.tar", "ckpt.pth.tar"]
+    assert torch.load(tmp_path / "ckpt.pth.tar")["epoch"] == 40
+    assert torch.load(tmp_path / "20_ckpt.pth.tar")["epoch"] == 20
+
+
+def test_failed_write_leaves_previous_checkpoint(tmp_path, monkeypatch):
+    save_checkpoint({"epoch": 1, "state_dict": {}, "best_acc1": 1.0}, str(tmp_path), False)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", broken_save)
+    with pytest.raises(OSError):
+        save_checkpoint({"epoch": 2, "state_dict": {}, "best_acc1": 2.0}, str(tmp_path), False)
+    monkeypatch.undo()
+    assert read_checkpoint(str(tmp_path / "ckpt.pth.tar"))["epoch"] == 1
+    assert os.listdir(tmp_path) == ["ckpt.pth.tar"]
+
+
+def test_bare_state_dict_and_mismatch_message(tmp_path):
+    model = build_model("resnet32", 10, width=16)
+    torch.save({"module." + k: v for k, v in model.state_dict().items()}, tmp_path / "bare.pth")
+    loaded = read_checkpoint(str(tmp_path / "bare.pth"))
+    load_weights(build_model("resnet32", 10, width=16), loaded["state_dict"], "bare.pth")
+    with pytest.raises(UsageError) as err:
+        load_weights(build_model("resnet32", 100, width=16), loaded["state_dict"], "bare.pth")
+    assert "fc_cb.weight" in str(err.value) and "10 classes" in str(err.value)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(UsageError, match="junk.pth"):
+        read_checkpoint(str(tmp_path / "junk.pth"))
