@@ -158,6 +158,20 @@ def train_one_epoch(model, optimizer, train_loader: PairedTrainLoader, class_wei
             "images_per_s": (progress.seen - seen_before) / max(elapsed, 1e-9)}
 
 
+def log_epoch(log: RunLog, epoch: int, epochs: int, lr: float, train_stats: Dict, result: Dict,
+              best_acc1: float) -> None:
+    """The epoch's test line, its metrics.jsonl record and its TensorBoard scalars."""
+    groups = ("many", "medium", "few")
+    log.print(f"epoch {epoch + 1}/{epochs} test top-1 {result['top1']:.2f} top-5 {result['top5']:.2f} "
+              + " ".join(f"{g} {format_group(result[g])}" for g in groups)
+              + f" ({result['shot_rule']} rule) best {best_acc1:.2f} [{train_stats['seconds']:.1f} s train]")
+    tested = {k: result[k] for k in ("top1", "top5", *groups)}
+    log.epoch_record({"epoch": epoch + 1, "lr": lr, **train_stats, **tested, "best_acc1": best_acc1})
+    log.scalars({f"train/{k}": train_stats[k] for k in ("loss", "balance", "rebalance", "consistency")}
+                | {"train/lr": lr, "train/alpha": train_stats["alpha"]}
+                | {f"test/{k}": v for k, v in tested.items()}, epoch + 1)
+
+
 def make_run_folder(args) -> str:
     name = run_name({"data": args.dataset, "arch": args.arch + (f"w{args.width}" if args.arch == "resnet32" else ""),
                      "IF": f"IF{round(1 / args.imbanlance_rate):g}", "seed": f"s{args.seed}",
@@ -261,41 +275,32 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
         save_checkpoint(state, ckpt_dir, is_best, every=20 if in_epoch is None else 0)
         return os.path.join(ckpt_dir, "ckpt.pth.tar")
 
-    stop = StopRequest().install()
     result = None
-    for epoch in range(start_epoch, args.epochs):
-        lr = optimizer.param_groups[0]["lr"]
-        train_stats = train_one_epoch(model, optimizer, train_loader, class_weights, mix_rng, epoch, args, device,
-                                      log, data.image_size, progress, stop)
-        if progress.step < len(train_loader):  # stopped by a signal mid-epoch
-            path = save(epoch, False, progress)
+    with StopRequest() as stop:
+        try:
+            for epoch in range(start_epoch, args.epochs):
+                lr = optimizer.param_groups[0]["lr"]
+                train_stats = train_one_epoch(model, optimizer, train_loader, class_weights, mix_rng, epoch, args,
+                                              device, log, data.image_size, progress, stop)
+                if progress.step < len(train_loader):  # stopped by a signal mid-epoch
+                    path = save(epoch, False, progress)
+                    raise RunStopped(f"stopped by {stop.name} at epoch {epoch + 1}, step {progress.step}/"
+                                     f"{len(train_loader)}; {path} resumes mid-epoch at step {progress.step + 1}:"
+                                     f"\n  {resume_command(path)}", stop.exit_code)
+                progress = EpochProgress()
+                scheduler.step()
+                result = evaluate(model, test_loader, device, data.train_counts, args.shot_rule)
+                is_best = result["top1"] > best_acc1
+                best_acc1 = max(best_acc1, result["top1"])
+                path = save(epoch + 1, is_best)
+                log_epoch(log, epoch, args.epochs, lr, train_stats, result, best_acc1)
+                if stop.signum and epoch + 1 < args.epochs:
+                    raise RunStopped(f"stopped by {stop.name} after epoch {epoch + 1}; {path} resumes at the epoch "
+                                     f"boundary (epoch {epoch + 2}):\n  {resume_command(path)}", stop.exit_code)
+            if result is not None:
+                log.print(f"done: best top-1 {best_acc1:.2f}, last top-1 {result['top1']:.2f}")
+        finally:
             log.close()
-            raise RunStopped(f"stopped by {stop.name} at epoch {epoch + 1}, step {progress.step}/{len(train_loader)}; "
-                             f"{path} resumes mid-epoch at step {progress.step + 1}:\n  {resume_command(path)}",
-                             stop.exit_code)
-        progress = EpochProgress()
-        scheduler.step()
-        result = evaluate(model, test_loader, device, data.train_counts, args.shot_rule)
-        is_best = result["top1"] > best_acc1
-        best_acc1 = max(best_acc1, result["top1"])
-        path = save(epoch + 1, is_best)
-        log.print(f"epoch {epoch + 1}/{args.epochs} test top-1 {result['top1']:.2f} top-5 {result['top5']:.2f} "
-                  f"many {format_group(result['many'])} medium {format_group(result['medium'])} "
-                  f"few {format_group(result['few'])} ({result['shot_rule']} rule) best {best_acc1:.2f} "
-                  f"[{train_stats['seconds']:.1f} s train]")
-        record = {"epoch": epoch + 1, "lr": lr, **train_stats,
-                  **{k: result[k] for k in ("top1", "top5", "many", "medium", "few")}, "best_acc1": best_acc1}
-        log.epoch_record(record)
-        log.scalars({f"train/{k}": train_stats[k] for k in ("loss", "balance", "rebalance", "consistency")}
-                    | {"train/lr": lr, "train/alpha": train_stats["alpha"]}
-                    | {f"test/{k}": result[k] for k in ("top1", "top5", "many", "medium", "few")}, epoch + 1)
-        if stop.signum and epoch + 1 < args.epochs:
-            log.close()
-            raise RunStopped(f"stopped by {stop.name} after epoch {epoch + 1}; {path} resumes at the epoch "
-                             f"boundary (epoch {epoch + 2}):\n  {resume_command(path)}", stop.exit_code)
-    if result is not None:
-        log.print(f"done: best top-1 {best_acc1:.2f}, last top-1 {result['top1']:.2f}")
-    log.close()
     return result
 
 

@@ -46,6 +46,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise UsageError(f"-b/--batch_size {args.batch_size} must be positive")
     if args.workers < 0:
         raise UsageError(f"-j/--workers {args.workers} must be 0 or more")
+    if args.arch != "resnet32" and args.width != RESNET32_RELEASED_WIDTH:
+        raise UsageError(f"--width {args.width} applies to resnet32 only, not to -a {args.arch}")
     if args.width <= 0 or args.width % 4:
         raise UsageError(f"--width {args.width} must be a positive multiple of 4 (option-A shortcuts pad by a quarter)")
 

@@ -4,15 +4,24 @@ import signal
 import sys
 from typing import Optional
 
+SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
 
 class StopRequest:
+    """Context manager that records the first signal and restores the previous handlers on exit."""
+
     def __init__(self) -> None:
         self.signum: Optional[int] = None
+        self._previous = {}
 
-    def install(self) -> "StopRequest":
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, self._handle)
+    def __enter__(self) -> "StopRequest":
+        for sig in SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
         return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
 
     @property
     def name(self) -> str:

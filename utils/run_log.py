@@ -64,6 +64,8 @@ class RunLog:
     def close(self) -> None:
         if self._tb:
             self._tb.close()
+            self._tb = None
         if self._file:
             self._file.close()
+            self._file = None
         sys.stdout.flush()

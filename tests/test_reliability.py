@@ -1,0 +1,212 @@
+"""Exact resume, interruption, divergence and bad input (exit code 2, a message naming the value)."""
+import os
+import pickle
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import main as train_script
+import test as test_script
+from tests.conftest import ROOT, write_cifar
+from utils.config import run_cli
+
+DATA = ["--dataset", "cifar10", "-a", "resnet32", "--width", "8", "--imbanlance_rate", "0.1", "-j", "0", "--no_download"]
+TINY = DATA + ["--no_tensorboard", "-b", "16", "--lr", "0.05", "-p", "1"]
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    root = str(tmp_path / "data")
+    write_cifar(root, train_per_class=20, test_per_class=3)
+    return root
+
+
+def args_for(*extra):
+    return train_script.get_args_parser().parse_args(TINY + list(extra))
+
+
+def final_weights(run_dir):
+    return torch.load(os.path.join(run_dir, "ckpt.pth.tar"), weights_only=False)["state_dict"]
+
+
+def max_abs_diff(a, b):
+    assert a.keys() == b.keys()
+    return max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+
+
+def only_run(folder):
+    (name,) = os.listdir(folder)
+    return os.path.join(folder, name)
+
+
+def test_resume_after_epoch_one_is_bit_identical(tmp_path, data_root, monkeypatch):
+    train_script.main(args_for("--root", data_root, "--epochs", "3", "--root_log", str(tmp_path / "a")))
+    reference = final_weights(only_run(tmp_path / "a"))
+
+    real_evaluate = train_script.evaluate
+
+    def evaluate_then_signal(*a, **kw):  # a SIGTERM arriving during epoch 1's evaluation
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_evaluate(*a, **kw)
+
+    monkeypatch.setattr(train_script, "evaluate", evaluate_then_signal)
+    with pytest.raises(train_script.RunStopped) as stopped:
+        train_script.main(args_for("--root", data_root, "--epochs", "3", "--root_log", str(tmp_path / "b")))
+    assert stopped.value.exit_code == 128 + signal.SIGTERM and "epoch boundary" in str(stopped.value)
+    monkeypatch.setattr(train_script, "evaluate", real_evaluate)
+    run_dir = only_run(tmp_path / "b")
+    assert torch.load(os.path.join(run_dir, "ckpt.pth.tar"), weights_only=False)["epoch"] == 1
+
+    train_script.main(args_for("--root", data_root, "--epochs", "3", "--resume", run_dir))
+    assert max_abs_diff(final_weights(run_dir), reference) == 0.0
+    lines = open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()
+    assert [eval(line.replace("null", "None"))["epoch"] for line in lines] == [1, 2, 3]
+
+
+def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_root, monkeypatch):
+    calls = {"n": 0}
+    real_loss = train_script.glmc_loss
+
+    def loss_turning_nan(*a, **kw):
+        calls["n"] += 1
+        loss, terms = real_loss(*a, **kw)
+        if calls["n"] == 8:  # epoch 2 (5 steps per epoch), step 3
+            return loss * float("nan"), {**terms, "loss": terms["loss"] * float("nan")}
+        return loss, terms
+
+    monkeypatch.setattr(train_script, "glmc_loss", loss_turning_nan)
+    with pytest.raises(train_script.RunStopped) as stopped:
+        train_script.main(args_for("--root", data_root, "--epochs", "3", "--root_log", str(tmp_path / "runs")))
+    message = str(stopped.value)
+    assert stopped.value.exit_code == 3 and "epoch 2, step 3" in message and "balance" in message
+    assert torch.load(os.path.join(only_run(tmp_path / "runs"), "ckpt.pth.tar"), weights_only=False)["epoch"] == 1
+
+
+def test_sigterm_mid_epoch_in_a_subprocess_then_resume(tmp_path, data_root):
+    cmd = [sys.executable, "-u", os.path.join(ROOT, "main.py"), *TINY, "--root", data_root, "--epochs", "2"]
+    # Uninterrupted reference run.
+    ref = subprocess.run(cmd + ["--root_log", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen(cmd + ["--root_log", str(tmp_path / "b")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith("epoch 1/2 step 2/"):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "resumes mid-epoch" in err and "--resume" in err and "Traceback" not in err
+    run_dir = only_run(tmp_path / "b")
+    resumed = subprocess.run(cmd + ["--resume", run_dir], capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "continuing at epoch 1, step" in resumed.stdout
+    assert max_abs_diff(final_weights(run_dir), final_weights(only_run(tmp_path / "a"))) == 0.0
+
+
+def run_and_fail(script, argv, capsys):
+    with pytest.raises(SystemExit) as exited:
+        run_cli(script.main, script.get_args_parser(), argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2, err
+    assert "Traceback" not in err
+    return err
+
+
+def corrupt(kind, root):
+    folder = os.path.join(root, "cifar-10-batches-py")
+    if kind == "missing":
+        os.remove(os.path.join(folder, "data_batch_3"))
+        return "data_batch_3"
+    path = os.path.join(folder, "test_batch")
+    if kind == "truncated":
+        data = open(path, "rb").read()
+        open(path, "wb").write(data[: len(data) // 2])
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(["not", "cifar"], f)
+    return "test_batch"
+
+
+@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign"])
+def test_broken_cifar_files(kind, data_root, tmp_path, capsys):
+    name = corrupt(kind, data_root)
+    err = run_and_fail(train_script, TINY + ["--root", data_root, "--root_log", str(tmp_path / "runs"), "--dry_run"],
+                       capsys)
+    assert name in err
+    assert not os.path.exists(tmp_path / "runs")
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--num_classes", "100"], "--num_classes 100"),
+    (["--imbanlance_rate", "0"], "--imbanlance_rate 0.0"),
+    (["--imbanlance_rate", "1.5"], "--imbanlance_rate 1.5"),
+    (["-b", "0"], "--batch_size 0"),
+    (["--epochs", "0"], "--epochs 0"),
+    (["--lr", "-0.1"], "--lr -0.1"),
+    (["--resample_weighting", "-1"], "--resample_weighting -1.0"),
+    (["--label_weighting", "-0.5"], "--label_weighting -0.5"),
+    (["--gpu", "3"], "--gpu 3"),
+    (["-a", "resnet18", "--width", "16"], "--width 16"),
+])
+def test_bad_values(extra, needle, data_root, tmp_path, capsys):
+    err = run_and_fail(train_script, TINY + ["--root", data_root, "--root_log", str(tmp_path / "r")] + extra, capsys)
+    assert needle in err
+
+
+@pytest.mark.parametrize("extra,needle", [(["-a", "vgg16"], "vgg16"), (["--dataset", "mnist"], "mnist")])
+def test_unknown_choices(extra, needle, data_root, capsys):
+    assert needle in run_and_fail(train_script, TINY + ["--root", data_root] + extra, capsys)
+
+
+@pytest.mark.parametrize("where", ["missing", "empty"])
+def test_missing_or_empty_root(where, tmp_path, capsys):
+    root = tmp_path / "cifar"
+    if where == "empty":
+        root.mkdir()
+    err = run_and_fail(train_script, TINY + ["--root", str(root), "--dry_run"], capsys)
+    assert str(root) in err and "data_batch_1" in err
+
+
+def test_unwritable_run_folder(data_root, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    err = run_and_fail(train_script, TINY + ["--root", data_root, "--root_log", str(blocker / "runs"), "--dry_run"],
+                       capsys)
+    assert str(blocker) in err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("trained")
+    root = str(tmp / "data")
+    write_cifar(root, train_per_class=20, test_per_class=3)
+    train_script.main(args_for("--root", root, "--epochs", "1", "--root_log", str(tmp / "runs")))
+    return root, only_run(tmp / "runs")
+
+
+@pytest.mark.parametrize("script,flags", [(train_script, TINY), (test_script, DATA)], ids=["main", "test"])
+@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "other_arch"])
+def test_bad_checkpoints(script, flags, kind, trained_run, tmp_path, capsys):
+    data_root, run_dir = trained_run
+    good = os.path.join(run_dir, "ckpt.pth.tar")
+    path = str(tmp_path / "bad.pth.tar")
+    if kind == "truncated":
+        data = open(good, "rb").read()
+        open(path, "wb").write(data[: len(data) // 3])
+    elif kind == "foreign":
+        torch.save([1, 2, 3], path)
+    elif kind == "other_arch":
+        path = good
+    before = {n: os.path.getmtime(os.path.join(run_dir, n)) for n in os.listdir(run_dir)}
+    argv = flags + ["--root", data_root, "--resume", path]
+    if kind == "other_arch":
+        argv = [a if a != "8" else "16" for a in argv]  # a width-16 model cannot take width-8 weights
+    err = run_and_fail(script, argv, capsys)
+    assert path in err
+    if kind == "other_arch":
+        assert "conv1.weight" in err and "shape" in err
+    after = {n: os.path.getmtime(os.path.join(run_dir, n)) for n in os.listdir(run_dir)}
+    assert after == before  # nothing written to the existing run folder
