@@ -18,13 +18,13 @@ import numpy as np
 import torch
 
 from datasets import DataBundle, build_data, build_test_loader
-from datasets.loaders import PairedTrainLoader
+from datasets.loaders import TrainLoader
 from models import build_model, count_parameters
 from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint, unwrap
 from utils.config import add_data_and_model_args, check_common_args, run_cli, select_device
 from utils.errors import RunStopped, UsageError
 from utils.interrupt import StopRequest
-from utils.losses import LossOptions, class_balance_weights, cumulative_alpha, glmc_loss
+from utils.losses import LossOptions, ce_loss, class_balance_weights, cumulative_alpha, glmc_loss, log_class_prior
 from utils.metrics import evaluate, format_group
 from utils.mixing import draw_mix
 from utils.run_log import RunLog, library_versions, run_name, write_json
@@ -56,6 +56,22 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="label weight of the CutMix image: lambda as released, or the pasted area (paper)")
     g.add_argument("--mix_reduction", default="sum", choices=["sum", "mean"],
                    help="combine the two mixes' losses by their sum as released, or their mean (paper)")
+    g.add_argument("--balanced_softmax", action="store_true",
+                   help="the 'GLMC + BS' row: the re-balanced term's cross-entropy on fc_cb logits shifted by "
+                        "log(class prior) (balanced softmax, Ren et al. 2020); not in the released code")
+    g = parser.add_argument_group("baseline and ablations (each switch turns one part off and nothing else)")
+    g.add_argument("--method", default="glmc", choices=["glmc", "ce"],
+                   help="'ce': plain cross-entropy baseline (one view, no mixing, no second loader, "
+                        "evaluated with fc) on the same data, backbone, schedule and evaluation")
+    g.add_argument("--no_global_mix", action="store_true", help="no global MixUp: that branch sees its plain view")
+    g.add_argument("--no_local_mix", action="store_true", help="no local CutMix: that branch sees its plain view")
+    g.add_argument("--no_consistency", action="store_true", help="drop the consistency loss")
+    g.add_argument("--no_reweight", action="store_true",
+                   help="train fc_cb on the plain soft labels instead of the re-weighted ones")
+    g.add_argument("--fixed_alpha", type=float, default=None,
+                   help="no cumulative schedule: alpha fixed at this value (1 = balance term only)")
+    g.add_argument("--seeds", default=None,
+                   help="comma-separated seeds, e.g. 1,2,3: one run per seed, in sibling run folders")
     g = parser.add_argument_group("run")
     g.add_argument("-p", "--print_freq", type=int, default=50, help="print a progress line every N steps")
     g.add_argument("--root_log", default="runs", help="parent folder of run folders (logs, args.json)")
@@ -80,6 +96,8 @@ def check_args(args: argparse.Namespace) -> None:
             raise UsageError(f"--{flag} {getattr(args, flag)} must not be negative")
     if args.lambda_dist == "beta" and args.beta <= 0:
         raise UsageError(f"--beta {args.beta} must be positive with --lambda_dist beta")
+    if args.fixed_alpha is not None and not 0.0 <= args.fixed_alpha <= 1.0:
+        raise UsageError(f"--fixed_alpha {args.fixed_alpha} must lie in [0, 1]")
     if args.print_freq <= 0:
         raise UsageError(f"-p/--print_freq {args.print_freq} must be positive")
 
@@ -117,23 +135,47 @@ class EpochProgress:
         return {k: v / max(self.seen, 1) for k, v in self.sums.items()}
 
 
-def train_one_epoch(model, optimizer, train_loader: PairedTrainLoader, class_weights, mix_rng, epoch: int,
-                    args, device, log: RunLog, image_size: int, progress: EpochProgress,
-                    stop: StopRequest) -> Dict[str, float]:
-    """One pass over the uniform loader, each batch paired with a re-sampled one (SPEC §3, §5).
+def epoch_alpha(args, epoch: int) -> Optional[float]:
+    """The cumulative alpha (SPEC §5 step 8), a fixed value under --fixed_alpha, None for CE."""
+    if args.method == "ce":
+        return None
+    return args.fixed_alpha if args.fixed_alpha is not None else cumulative_alpha(epoch, args.epochs)
+
+
+def build_step_loss(args, train_counts, image_size: int, device: torch.device, mix_rng: np.random.Generator):
+    """The loss of one training batch for --method: `step_loss(model, batch, epoch) -> (loss, terms)`."""
+    if args.method == "ce":
+        def ce_step(model, batch, epoch):
+            ((x, y),) = batch
+            return ce_loss(model, x.to(device, non_blocking=True), y.to(device))
+        return ce_step
+
+    class_weights = class_balance_weights(train_counts, args.label_weighting).to(device)
+    opts = LossOptions(args.contrast_weight, args.local_label == "area", args.mix_reduction == "mean",
+                       global_mix=not args.no_global_mix, local_mix=not args.no_local_mix,
+                       consistency=not args.no_consistency, reweight=not args.no_reweight,
+                       log_prior=log_class_prior(train_counts).to(device) if args.balanced_softmax else None)
+    beta = args.beta if args.lambda_dist == "beta" else None
+
+    def glmc_step(model, batch, epoch):
+        ((a1, a2), y), ((b1, b2), y_b) = batch
+        a1, a2, y = a1.to(device, non_blocking=True), a2.to(device, non_blocking=True), y.to(device)
+        b1, b2, y_b = b1.to(device, non_blocking=True), b2.to(device, non_blocking=True), y_b.to(device)
+        mix = draw_mix(mix_rng, image_size, image_size, beta)
+        return glmc_loss(model, a1, a2, y, b1, b2, y_b, mix, class_weights, epoch_alpha(args, epoch), opts)
+    return glmc_step
+
+
+def train_one_epoch(model, optimizer, train_loader: TrainLoader, step_loss, epoch: int, args, log: RunLog,
+                    progress: EpochProgress, stop: StopRequest) -> Dict[str, float]:
+    """One pass over the uniform loader (for GLMC each batch paired with a re-sampled one, SPEC §3, §5).
 
     Starts at `progress.step` and returns early, with `progress` up to date, when a stop is requested.
     """
     model.train()
-    alpha = cumulative_alpha(epoch, args.epochs)
-    opts = LossOptions(args.contrast_weight, args.local_label == "area", args.mix_reduction == "mean")
-    beta = args.beta if args.lambda_dist == "beta" else None
     start, seen_before, steps = time.time(), progress.seen, len(train_loader)
-    for ((a1, a2), y), ((b1, b2), y_b) in train_loader.epoch(epoch, skip_batches=progress.step):
-        a1, a2, y = a1.to(device, non_blocking=True), a2.to(device, non_blocking=True), y.to(device)
-        b1, b2, y_b = b1.to(device, non_blocking=True), b2.to(device, non_blocking=True), y_b.to(device)
-        mix = draw_mix(mix_rng, image_size, image_size, beta)
-        loss, terms = glmc_loss(model, a1, a2, y, b1, b2, y_b, mix, class_weights, alpha, opts)
+    for batch in train_loader.epoch(epoch, skip_batches=progress.step):
+        loss, terms = step_loss(model, batch, epoch)
         if not torch.isfinite(loss):
             values = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items())
             raise RunStopped(f"non-finite loss at epoch {epoch + 1}, step {progress.step + 1}: {values}. "
@@ -141,7 +183,7 @@ def train_one_epoch(model, optimizer, train_loader: PairedTrainLoader, class_wei
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        n = y.shape[0]
+        n = batch[0][1].shape[0]
         for k, v in terms.items():
             progress.sums[k] = progress.sums.get(k, 0.0) + float(v) * n
         progress.seen += n
@@ -154,7 +196,7 @@ def train_one_epoch(model, optimizer, train_loader: PairedTrainLoader, class_wei
         if stop.signum:
             break
     elapsed = time.time() - start
-    return {**progress.means(), "alpha": alpha, "seconds": elapsed,
+    return {**progress.means(), "alpha": epoch_alpha(args, epoch), "seconds": elapsed,
             "images_per_s": (progress.seen - seen_before) / max(elapsed, 1e-9)}
 
 
@@ -167,14 +209,33 @@ def log_epoch(log: RunLog, epoch: int, epochs: int, lr: float, train_stats: Dict
               + f" ({result['shot_rule']} rule) best {best_acc1:.2f} [{train_stats['seconds']:.1f} s train]")
     tested = {k: result[k] for k in ("top1", "top5", *groups)}
     log.epoch_record({"epoch": epoch + 1, "lr": lr, **train_stats, **tested, "best_acc1": best_acc1})
-    log.scalars({f"train/{k}": train_stats[k] for k in ("loss", "balance", "rebalance", "consistency")}
+    log.scalars({f"train/{k}": train_stats.get(k) for k in ("loss", "balance", "rebalance", "consistency")}
                 | {"train/lr": lr, "train/alpha": train_stats["alpha"]}
                 | {f"test/{k}": v for k, v in tested.items()}, epoch + 1)
 
 
+def eval_head(args) -> str:
+    return "fc" if args.method == "ce" else "fc_cb"
+
+
+def variant_tag(args) -> str:
+    """The method and every switch that differs from the released GLMC, e.g. 'glmc-nocons'."""
+    if args.method == "ce":
+        return "ce"
+    switches = [("no_global_mix", "noglobal"), ("no_local_mix", "nolocal"), ("no_consistency", "nocons"),
+                ("no_reweight", "noreweight"), ("balanced_softmax", "bs")]
+    parts = ["glmc"] + [tag for flag, tag in switches if getattr(args, flag)]
+    if args.fixed_alpha is not None:
+        parts.append(f"alpha{args.fixed_alpha:g}")
+    parts += [tag for flag, value, tag in [("lambda_dist", "beta", "beta"), ("local_label", "area", "area"),
+                                           ("mix_reduction", "mean", "mean")] if getattr(args, flag) == value]
+    return "-".join(parts)
+
+
 def make_run_folder(args) -> str:
     name = run_name({"data": args.dataset, "arch": args.arch + (f"w{args.width}" if args.arch == "resnet32" else ""),
-                     "IF": f"IF{round(1 / args.imbanlance_rate):g}", "seed": f"s{args.seed}",
+                     "IF": f"IF{round(1 / args.imbanlance_rate):g}", "method": variant_tag(args),
+                     "seed": f"s{args.seed}",
                      "split": None if args.split == "released" else args.split})
     folder = os.path.join(args.root_log, name)
     try:
@@ -212,7 +273,7 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
     check_args(args)
     seed_everything(args.seed)
     device = select_device(args.gpu)
-    data = build_data(args)
+    data = build_data(args, views=1 if args.method == "ce" else 2)
     args.num_classes = data.num_classes
     model = build_model(args.arch, data.num_classes, args.width)
     n_params = count_parameters(model)
@@ -238,11 +299,13 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
     describe(args, data, n_params, log)
     if not checkpoint:
         write_json(os.path.join(run_dir, "args.json"), {
-            "args": vars(args), "train_counts": data.train_counts, "parameters": n_params,
+            "args": vars(args), "variant": variant_tag(args), "eval_head": eval_head(args),
+            "train_counts": data.train_counts, "parameters": n_params,
             "versions": library_versions(), "command": " ".join(sys.argv)})
     pin = device.type == "cuda"
-    train_loader = PairedTrainLoader(data.train, data.train_counts, args.batch_size, args.resample_weighting,
-                                     args.workers, args.seed, pin_memory=pin)
+    train_loader = TrainLoader(data.train, data.train_counts, args.batch_size,
+                               None if args.method == "ce" else args.resample_weighting,
+                               args.workers, args.seed, pin_memory=pin)
     test_loader = build_test_loader(data.test, args.workers, pin_memory=pin)
     if args.dry_run:
         log.print(f"dry run: {len(train_loader)} steps per epoch; data, loaders and model built; exiting")
@@ -252,8 +315,8 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = build_scheduler(optimizer, args.epochs)
-    class_weights = class_balance_weights(data.train_counts, args.label_weighting).to(device)
     mix_rng = np.random.default_rng(args.seed)
+    step_loss = build_step_loss(args, data.train_counts, data.image_size, device, mix_rng)
     best_acc1, start_epoch, progress = 0.0, args.start_epoch, EpochProgress()
     if checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
@@ -280,8 +343,8 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
         try:
             for epoch in range(start_epoch, args.epochs):
                 lr = optimizer.param_groups[0]["lr"]
-                train_stats = train_one_epoch(model, optimizer, train_loader, class_weights, mix_rng, epoch, args,
-                                              device, log, data.image_size, progress, stop)
+                train_stats = train_one_epoch(model, optimizer, train_loader, step_loss, epoch, args, log,
+                                              progress, stop)
                 if progress.step < len(train_loader):  # stopped by a signal mid-epoch
                     path = save(epoch, False, progress)
                     raise RunStopped(f"stopped by {stop.name} at epoch {epoch + 1}, step {progress.step}/"
@@ -289,7 +352,7 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
                                      f"\n  {resume_command(path)}", stop.exit_code)
                 progress = EpochProgress()
                 scheduler.step()
-                result = evaluate(model, test_loader, device, data.train_counts, args.shot_rule)
+                result = evaluate(model, test_loader, device, data.train_counts, args.shot_rule, eval_head(args))
                 is_best = result["top1"] > best_acc1
                 best_acc1 = max(best_acc1, result["top1"])
                 path = save(epoch + 1, is_best)
@@ -304,5 +367,20 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
     return result
 
 
+def main_seeds(args: argparse.Namespace) -> None:
+    """`--seeds 1,2,3`: the same configuration once per seed, into sibling run folders."""
+    if not args.seeds:
+        main(args)
+        return
+    try:
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 1,2,3") from None
+    if args.resume:
+        raise UsageError("--seeds cannot be combined with --resume; resume each run folder on its own")
+    for seed in seeds:
+        main(argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None}))
+
+
 if __name__ == "__main__":
-    run_cli(main, get_args_parser())
+    run_cli(main_seeds, get_args_parser())

@@ -15,15 +15,15 @@ EVAL_BATCH_SIZE = 256
 
 @dataclass
 class DataBundle:
-    train: Dataset  # yields ([view1, view2], label)
+    train: Dataset  # yields ([view1, view2], label), or (view, label) with one view
     test: Dataset
     train_counts: List[int]
     num_classes: int
     image_size: int
 
 
-def build_data(args) -> DataBundle:
-    """The long-tailed training set (two views per image) and the balanced test set."""
+def build_data(args, views: int = 2) -> DataBundle:
+    """The long-tailed training set (`views` augmented views per image) and the balanced test set."""
     if args.dataset not in CIFAR_INFO:
         raise UsageError(f"unknown data set {args.dataset!r}; choose one of {', '.join(DATASETS)}")
     num_classes = CIFAR_INFO[args.dataset]["num_classes"]
@@ -32,8 +32,9 @@ def build_data(args) -> DataBundle:
                          f"which has {num_classes} classes")
     arrays = load_cifar_lt(args.root, args.dataset, args.imbanlance_rate, args.split, args.seed,
                            download=not args.no_download)
+    augment = cifar_train_transform(args.dataset)
     train = ImageArrayDataset(arrays["train"].images, arrays["train"].labels,
-                              TwoViews(cifar_train_transform(args.dataset)))
+                              TwoViews(augment) if views == 2 else augment)
     test = ImageArrayDataset(arrays["test"].images, arrays["test"].labels, cifar_test_transform(args.dataset))
     return DataBundle(train, test, class_counts(train.targets, num_classes), num_classes, image_size=32)
 

@@ -4,7 +4,9 @@ The long-tailed training set keeps `int(n_max * rate ** (c / (C - 1)))` images
 of class c. Which images: the released code draws them with numpy's global
 generator seeded with `--seed`, class by class, choice without replacement
 (`split="released"`); most other long-tail papers (Cao et al. 2019) shuffle each
-class with one generator seeded 0 and keep the first n (`split="cao"`).
+class with one generator seeded 0 and keep the first n (`split="cao"`). The
+authors' first release drew with replacement (duplicates; the paper's "GLMC"
+column, `split="replacement"`).
 """
 import os
 import pickle
@@ -33,7 +35,7 @@ CIFAR_INFO: Dict[str, Dict] = {
         "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     },
 }
-SPLITS = ("released", "cao")
+SPLITS = ("released", "cao", "replacement")
 
 
 @dataclass
@@ -53,9 +55,9 @@ def img_num_per_class(n_max: float, num_classes: int, rate: float) -> List[int]:
 
 def select_long_tailed(labels: np.ndarray, counts: Sequence[int], split: str, seed: int) -> np.ndarray:
     """Indices of the long-tailed subset, concatenated in class order."""
-    if split == "released":
+    if split in ("released", "replacement"):
         rng = np.random.RandomState(seed)
-        pick = lambda idx, n: rng.choice(idx, n, replace=False)  # noqa: E731
+        pick = lambda idx, n: rng.choice(idx, n, replace=split == "replacement")  # noqa: E731
     elif split == "cao":
         rng = np.random.RandomState(0)
 

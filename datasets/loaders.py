@@ -73,19 +73,22 @@ class EpochSampler(Sampler[int]):
         return self.size - self.start
 
 
-class PairedTrainLoader:
-    """Batch i of the uniform loader paired with batch i of the class re-sampling loader.
+class TrainLoader:
+    """The uniform loader, and with `resample_power` set, batch i of it paired with batch i of the
+    class re-sampling loader (SPEC §3).
 
     Both samplers draw as many images as the data set has, so the two loaders
     have the same length and the partner batch always matches the original's size.
     """
 
-    def __init__(self, dataset: Dataset, counts: Sequence[int], batch_size: int, resample_power: float,
+    def __init__(self, dataset: Dataset, counts: Sequence[int], batch_size: int, resample_power: Optional[float],
                  workers: int, seed: int, pin_memory: bool = False) -> None:
         self.seed, self.batch_size = seed, batch_size
         n = len(dataset)
-        self.samplers = (EpochSampler(n, seed, stream=0),
-                         EpochSampler(n, seed, stream=1, weights=resample_weights(dataset.targets, counts, resample_power)))
+        self.samplers = [EpochSampler(n, seed, stream=0)]
+        if resample_power is not None:
+            weights = resample_weights(dataset.targets, counts, resample_power)
+            self.samplers.append(EpochSampler(n, seed, stream=1, weights=weights))
         self.loaders = [DataLoader(dataset, batch_size=batch_size, sampler=s, num_workers=workers,
                                    pin_memory=pin_memory, generator=torch.Generator()) for s in self.samplers]
 
@@ -93,7 +96,7 @@ class PairedTrainLoader:
         return -(-self.samplers[0].size // self.batch_size)
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Tuple]:
-        """(original batch, partner batch) pairs of `epoch`, starting after `skip_batches`."""
+        """Tuples (original batch[, partner batch]) of `epoch`, starting after `skip_batches`."""
         for stream, (sampler, loader) in enumerate(zip(self.samplers, self.loaders)):
             sampler.set_epoch(epoch, skip_batches * self.batch_size)
             loader.generator.manual_seed(int(epoch_generator(self.seed, 2 + stream, epoch).initial_seed()))

@@ -25,11 +25,11 @@ class GLMCNetwork(nn.Module):
         raise NotImplementedError
 
     def forward(
-        self, x: torch.Tensor, train: bool = False
+        self, x: torch.Tensor, train: bool = False, head: str = "fc_cb"
     ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Evaluation returns the `fc_cb` logits; training returns (fc, fc_cb, z, p)."""
+        """Evaluation returns the logits of `head` (`fc_cb` as released, or `fc`); training returns (fc, fc_cb, z, p)."""
         feature = self.features(x)
         if not train:
-            return self.fc_cb(feature)
+            return self.fc(feature) if head == "fc" else self.fc_cb(feature)
         z = self.projection_head(feature)
         return self.fc(feature), self.fc_cb(feature), z, self.contrast_head(z)

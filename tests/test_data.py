@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from datasets.cifar_lt import find_cifar_folder, img_num_per_class, load_cifar_lt, select_long_tailed
-from datasets.loaders import EpochSampler, ImageArrayDataset, PairedTrainLoader, resample_weights
+from datasets.loaders import EpochSampler, ImageArrayDataset, TrainLoader, resample_weights
 from datasets.transforms import TwoViews, cifar_train_transform
 from tests.conftest import write_cifar
 from utils.errors import UsageError
@@ -95,7 +95,7 @@ def test_paired_loader_yields_two_views_and_resamples_tail():
     images = np.random.RandomState(0).randint(0, 256, size=(100, 32, 32, 3), dtype=np.uint8)
     labels = np.array([0] * 90 + [1] * 10)
     ds = ImageArrayDataset(images, labels, TwoViews(cifar_train_transform("cifar10")))
-    loader = PairedTrainLoader(ds, [90, 10], batch_size=100, resample_power=1.0, workers=0, seed=0)
+    loader = TrainLoader(ds, [90, 10], batch_size=100, resample_power=1.0, workers=0, seed=0)
     assert len(loader) == 1
     (((v1, v2), y), ((p1, p2), y_b)), = list(loader.epoch(0))
     assert v1.shape == v2.shape == p1.shape == (100, 3, 32, 32) and not torch.equal(v1, v2)

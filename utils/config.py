@@ -28,7 +28,9 @@ def add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
                    help="n_min / n_max of the long-tailed training set (0.01 is IF 100; 1.0 is balanced)")
     g.add_argument("--split", default="released", choices=SPLITS,
                    help="which images the long-tailed set keeps: 'released' (seeded choice without replacement, "
-                        "class by class) or 'cao' (the seed-0 split of Cao et al. 2019 used by most papers)")
+                        "class by class; the 'updated' results), 'cao' (the seed-0 split of Cao et al. 2019 used "
+                        "by most papers), or 'replacement' (the first release's draw with replacement; the paper's "
+                        "original GLMC column)")
     g.add_argument("--seed", type=int, default=3407, help="random seed (default 3407 as released)")
     g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size")
     g.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1),

@@ -1,6 +1,6 @@
 """The GLMC objective (SPEC §5). `glmc_loss` reads like the SPEC's steps 2-9."""
 from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -11,11 +11,23 @@ from utils.mixing import Mix, global_mix, local_mix
 
 @dataclass(frozen=True)
 class LossOptions:
-    """Released behaviour by default; each flag is one paper variant of SPEC §9."""
+    """Released behaviour by default.
+
+    `local_label_from_area` and `mean_over_mixes` are the paper variants of SPEC §9.
+    The ablation switches each turn one part off and nothing else: without the global
+    (local) mix that branch sees its plain view with its own label; without
+    consistency or re-weighting that term is dropped or uses the plain soft labels.
+    `log_prior` (balanced softmax) shifts the `fc_cb` logits of the re-balanced term.
+    """
 
     contrast_weight: float = 4.0
     local_label_from_area: bool = False
     mean_over_mixes: bool = False
+    global_mix: bool = True
+    local_mix: bool = True
+    consistency: bool = True
+    reweight: bool = True
+    log_prior: Optional[torch.Tensor] = None
 
 
 def class_balance_weights(counts: Sequence[int], power: float) -> torch.Tensor:
@@ -49,27 +61,42 @@ def glmc_loss(model: nn.Module, a1: torch.Tensor, a2: torch.Tensor, y: torch.Ten
               class_weights: torch.Tensor, alpha: float,
               opts: LossOptions = LossOptions()) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """One GLMC step's loss. (a1, a2, y): original views and labels; (b1, b2, y_b): partner's."""
-    lam = mix.lam
-    lam_l = 1.0 - mix.pasted_fraction(*a2.shape[-2:]) if opts.local_label_from_area else lam
-    x_g = global_mix(a1, b1, lam)
-    x_l = local_mix(a2, b2, mix.box)
+    lam_g = mix.lam if opts.global_mix else 1.0
+    lam_l = 1.0 - mix.pasted_fraction(*a2.shape[-2:]) if opts.local_label_from_area else mix.lam
+    lam_l = lam_l if opts.local_mix else 1.0
+    x_g = global_mix(a1, b1, mix.lam) if opts.global_mix else a1
+    x_l = local_mix(a2, b2, mix.box) if opts.local_mix else a2
 
     num_classes = class_weights.numel()
     e, e_b = F.one_hot(y, num_classes).float(), F.one_hot(y_b, num_classes).float()
-    w = class_weights.to(e.device)
+    w = class_weights.to(e.device) if opts.reweight else torch.ones_like(class_weights, device=e.device)
     ew, ew_b = w[y, None] * e, w[y_b, None] * e_b
-    t_g, t_l = mixed_label(e, e_b, lam), mixed_label(e, e_b, lam_l)
-    tw_g, tw_l = mixed_label(ew, ew_b, lam), mixed_label(ew, ew_b, lam_l)
+    t_g, t_l = mixed_label(e, e_b, lam_g), mixed_label(e, e_b, lam_l)
+    tw_g, tw_l = mixed_label(ew, ew_b, lam_g), mixed_label(ew, ew_b, lam_l)
 
     o_g, c_g, z_g, p_g = model(x_g, train=True)
     o_l, c_l, z_l, p_l = model(x_l, train=True)
+    if opts.log_prior is not None:
+        c_g, c_l = c_g + opts.log_prior, c_l + opts.log_prior
 
     balance = soft_cross_entropy(o_g, t_g) + soft_cross_entropy(o_l, t_l)
     rebalance = soft_cross_entropy(c_g, tw_g) + soft_cross_entropy(c_l, tw_l)
-    consistency = negative_cosine(p_g, z_l) + negative_cosine(p_l, z_g)
+    consistency = negative_cosine(p_g, z_l) + negative_cosine(p_l, z_g) if opts.consistency else balance.new_zeros(())
     if opts.mean_over_mixes:
         balance, rebalance, consistency = balance / 2, rebalance / 2, consistency / 2
 
     loss = alpha * balance + (1 - alpha) * rebalance + opts.contrast_weight * consistency
     return loss, {"loss": loss.detach(), "balance": balance.detach(), "rebalance": rebalance.detach(),
                   "consistency": consistency.detach()}
+
+
+def ce_loss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    """The plain cross-entropy baseline on `fc`: one view, no mixing, no second loader."""
+    loss = F.cross_entropy(model(x, head="fc").float(), y)
+    return loss, {"loss": loss.detach()}
+
+
+def log_class_prior(counts: Sequence[int]) -> torch.Tensor:
+    """log(n_c / N), the balanced-softmax shift (Ren et al. 2020)."""
+    n = torch.tensor(counts, dtype=torch.float64).clamp(min=1)
+    return torch.log(n / n.sum()).float()

@@ -24,12 +24,12 @@ def shot_groups(train_counts: Sequence[int], rule: str = "released") -> Dict[str
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device, k: int = 5):
-    """(top-k predictions, targets) over the whole loader, with the evaluation forward."""
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, k: int = 5, head: str = "fc_cb"):
+    """(top-k predictions, targets) over the whole loader, with the evaluation forward of `head`."""
     model.eval()
     preds, targets = [], []
     for images, labels in loader:
-        logits = model(images.to(device, non_blocking=True))
+        logits = model(images.to(device, non_blocking=True), head=head)
         preds.append(logits.float().topk(min(k, logits.shape[1]), dim=1).indices.cpu())
         targets.append(labels)
     return torch.cat(preds), torch.cat(targets)
@@ -64,9 +64,9 @@ def summarize(topk_preds: torch.Tensor, targets: torch.Tensor, train_counts: Seq
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, train_counts: Sequence[int],
-             rule: str = "released") -> Dict:
-    preds, targets = predict(model, loader, device)
-    return summarize(preds, targets, train_counts, rule)
+             rule: str = "released", head: str = "fc_cb") -> Dict:
+    preds, targets = predict(model, loader, device, head=head)
+    return {**summarize(preds, targets, train_counts, rule), "head": head}
 
 
 def format_group(value: Optional[float]) -> str:
