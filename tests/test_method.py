@@ -7,7 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.losses import LossOptions, class_balance_weights, cumulative_alpha, glmc_loss, negative_cosine
+from utils.losses import (LossOptions, ce_loss, class_balance_weights, cumulative_alpha, glmc_loss, log_class_prior,
+                          negative_cosine)
 from utils.mixing import Mix, cutmix_box, draw_mix
 
 
@@ -28,12 +29,18 @@ class TinyNet(nn.Module):
         return self.fc(f), self.fc_cb(f), z, self.contrast_head(z)
 
 
-def reference_loss(net, a1, a2, y, b1, b2, yb, lam, box, counts, gamma, alpha, cw, lam_local=None):
+def reference_loss(net, a1, a2, y, b1, b2, yb, lam, box, counts, gamma, alpha, cw, lam_local=None,
+                   lam_global=None, log_prior=None, with_consistency=True):
+    """SPEC §5 written out sample by sample; box None means no local mix (x_l = a2)."""
     lam_local = lam if lam_local is None else lam_local
-    t, bo, l, r = box
-    x_g = lam * a1 + (1 - lam) * b1
+    lam_global = lam if lam_global is None else lam_global
+    x_g = lam_global * a1 + (1 - lam_global) * b1
     x_l = a2.clone()
-    x_l[:, :, t:bo, l:r] = b2[:, :, t:bo, l:r]
+    if box is None:
+        lam_local = 1.0
+    else:
+        t, bo, l, r = box
+        x_l[:, :, t:bo, l:r] = b2[:, :, t:bo, l:r]
     w = np.array(counts, dtype=float) ** -gamma
     w = torch.tensor(w / w.sum() * len(counts), dtype=torch.float32)
     C = len(counts)
@@ -56,9 +63,11 @@ def reference_loss(net, a1, a2, y, b1, b2, yb, lam, box, counts, gamma, alpha, c
     with torch.no_grad():
         o_g, c_g, z_g, p_g = net(x_g, train=True)
         o_l, c_l, z_l, p_l = net(x_l, train=True)
-        balance = ce(o_g, labels(lam, False)) + ce(o_l, labels(lam_local, False))
-        rebalance = ce(c_g, labels(lam, True)) + ce(c_l, labels(lam_local, True))
-        consistency = s(p_g, z_l) + s(p_l, z_g)
+        if log_prior is not None:
+            c_g, c_l = c_g + log_prior, c_l + log_prior
+        balance = ce(o_g, labels(lam_global, False)) + ce(o_l, labels(lam_local, False))
+        rebalance = ce(c_g, labels(lam_global, True)) + ce(c_l, labels(lam_local, True))
+        consistency = s(p_g, z_l) + s(p_l, z_g) if with_consistency else torch.tensor(0.0)
     return alpha * balance + (1 - alpha) * rebalance + cw * consistency, balance, rebalance, consistency
 
 
@@ -167,3 +176,70 @@ def test_class_balance_weights():
     w = class_balance_weights([100, 10, 1], 1.2)
     raw = np.array([100 ** -1.2, 10 ** -1.2, 1.0])
     assert torch.allclose(w, torch.tensor(raw / raw.sum() * 3, dtype=torch.float32))
+
+
+ABLATION_CASES = {
+    # switch: (LossOptions overrides, reference_loss overrides)
+    "no_consistency": ({"consistency": False}, {"with_consistency": False}),
+    "no_global_mix": ({"global_mix": False}, {"lam_global": 1.0}),
+    "no_local_mix": ({"local_mix": False}, {"box": None}),
+    "no_reweight": ({"reweight": False}, {"gamma": 0.0}),
+}
+
+
+@pytest.mark.parametrize("switch", list(ABLATION_CASES))
+def test_each_ablation_changes_only_its_term(batch, switch):
+    net = TinyNet()
+    counts, mix = [50, 10, 2], Mix(0.3, (1, 3, 0, 2))
+    ours, ref_kw = ABLATION_CASES[switch]
+    kw = dict(lam=0.3, box=(1, 3, 0, 2), counts=counts, gamma=1.2, alpha=0.7, cw=4.0)
+    kw.update(ref_kw)
+    ref, bal, rebal, cons = reference_loss(net, *batch, **kw)
+    loss, terms = glmc_loss(net, *batch, mix, class_balance_weights(counts, 1.2), 0.7, LossOptions(4.0, **ours))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    for name, value in (("balance", bal), ("rebalance", rebal), ("consistency", cons)):
+        assert terms[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-7)
+    _, full = glmc_loss(net, *batch, mix, class_balance_weights(counts, 1.2), 0.7, LossOptions(4.0))
+    changed = {k for k in ("balance", "rebalance", "consistency") if abs(full[k] - terms[k]) > 1e-7}
+    expected = {"no_consistency": {"consistency"}, "no_reweight": {"rebalance"},
+                "no_global_mix": {"balance", "rebalance", "consistency"},
+                "no_local_mix": {"balance", "rebalance", "consistency"}}[switch]
+    assert changed == expected
+
+
+def test_balanced_softmax_shifts_only_the_rebalanced_logits(batch):
+    net = TinyNet()
+    counts, mix = [50, 10, 2], Mix(0.3, (1, 3, 0, 2))
+    prior = torch.log(torch.tensor([50.0, 10.0, 2.0]) / 62.0)
+    assert torch.allclose(log_class_prior(counts), prior)
+    ref, bal, rebal, _ = reference_loss(net, *batch, 0.3, (1, 3, 0, 2), counts, 1.2, 0.7, 4.0, log_prior=prior)
+    loss, terms = glmc_loss(net, *batch, mix, class_balance_weights(counts, 1.2), 0.7,
+                            LossOptions(4.0, log_prior=log_class_prior(counts)))
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert terms["rebalance"].item() == pytest.approx(rebal.item(), rel=1e-5)
+    assert terms["balance"].item() == pytest.approx(bal.item(), rel=1e-5)
+
+
+def test_ce_baseline_is_plain_cross_entropy_on_fc():
+    class Heads(nn.Module):
+        def forward(self, x, train=False, head="fc_cb"):
+            assert head == "fc" and not train
+            return x
+
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.5, 3.0]])
+    y = torch.tensor([0, 1])
+    expected = -(math.log(math.exp(2) / (math.exp(2) + 1 + math.exp(-1)))
+                 + math.log(math.exp(0.5) / (2 * math.exp(0.5) + math.exp(3)))) / 2
+    loss, terms = ce_loss(Heads(), logits, y)
+    assert loss.item() == pytest.approx(expected, rel=1e-6) and set(terms) == {"loss"}
+
+
+def test_fixed_alpha_replaces_the_cumulative_schedule():
+    import argparse
+
+    from main import epoch_alpha
+
+    args = argparse.Namespace(method="glmc", fixed_alpha=None, epochs=10)
+    assert epoch_alpha(args, 5) == pytest.approx(0.75)
+    assert epoch_alpha(argparse.Namespace(method="glmc", fixed_alpha=1.0, epochs=10), 5) == 1.0
+    assert epoch_alpha(argparse.Namespace(method="ce", fixed_alpha=None, epochs=10), 5) is None
