@@ -24,12 +24,16 @@ def shot_groups(train_counts: Sequence[int], rule: str = "released") -> Dict[str
 
 
 @torch.no_grad()
-def predict(model: nn.Module, loader: DataLoader, device: torch.device, k: int = 5, head: str = "fc_cb"):
-    """(top-k predictions, targets) over the whole loader, with the evaluation forward of `head`."""
+def predict(model: nn.Module, loader: DataLoader, device: torch.device, k: int = 5, head: str = "fc_cb",
+            logit_shift: Optional[torch.Tensor] = None):
+    """(top-k predictions, targets) over the whole loader, with the evaluation forward of `head`
+    and `logit_shift` added to the logits (post-hoc logit adjustment)."""
     model.eval()
     preds, targets = [], []
     for images, labels in loader:
         logits = model(images.to(device, non_blocking=True), head=head)
+        if logit_shift is not None:
+            logits = logits.float() + logit_shift.to(logits.device)
         preds.append(logits.float().topk(min(k, logits.shape[1]), dim=1).indices.cpu())
         targets.append(labels)
     return torch.cat(preds), torch.cat(targets)
