@@ -17,7 +17,8 @@ from typing import Dict, Optional
 import numpy as np
 import torch
 
-from datasets import DataBundle, build_data, build_test_loader
+from datasets import CIFAR_INFO, DataBundle, build_data, build_test_loader
+from datasets.image_files import preflight
 from datasets.loaders import TrainLoader
 from models import build_model, count_parameters
 from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint, unwrap
@@ -28,7 +29,7 @@ from utils.losses import LossOptions, ce_loss, class_balance_weights, cumulative
 from utils.metrics import evaluate, format_group
 from utils.mixing import draw_mix
 from utils.run_log import RunLog, library_versions, run_name, write_json
-from utils.schedule import build_scheduler
+from utils.schedule import build_scheduler, lr_factor
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -41,6 +42,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.01, help="initial learning rate")
     g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
     g.add_argument("--wd", "--weight_decay", dest="weight_decay", type=float, default=5e-3, help="weight decay")
+    g.add_argument("--warmup", default="late", choices=["late", "on_time"],
+                   help="ImageNet-LT/iNat warm-up: 'late' reproduces the released schedule (the warm-up rule "
+                        "applied after each epoch, so epoch 1 runs at --lr and epochs 2-12 at 0.1x..1.1x), "
+                        "'on_time' applies it before each epoch (SPEC §6)")
     g = parser.add_argument_group("method (SPEC §3, §5; the defaults are the released code's)")
     g.add_argument("--resample_weighting", type=float, default=0.0,
                    help="q of the re-sampling loader: class weight n_c ** -q (0: uniform with replacement)")
@@ -159,6 +164,8 @@ def build_step_loss(args, train_counts, image_size: int, device: torch.device, m
 
     def glmc_step(model, batch, epoch):
         ((a1, a2), y), ((b1, b2), y_b) = batch
+        n = min(len(y), len(y_b))  # differ only when --skip_bad_images dropped images
+        a1, a2, y, b1, b2, y_b = a1[:n], a2[:n], y[:n], b1[:n], b2[:n], y_b[:n]
         a1, a2, y = a1.to(device, non_blocking=True), a2.to(device, non_blocking=True), y.to(device)
         b1, b2, y_b = b1.to(device, non_blocking=True), b2.to(device, non_blocking=True), y_b.to(device)
         mix = draw_mix(mix_rng, image_size, image_size, beta)
@@ -175,6 +182,9 @@ def train_one_epoch(model, optimizer, train_loader: TrainLoader, step_loss, epoc
     model.train()
     start, seen_before, steps = time.time(), progress.seen, len(train_loader)
     for batch in train_loader.epoch(epoch, skip_batches=progress.step):
+        if any(part is None for part in batch):  # a batch of undecodable images only (--skip_bad_images)
+            progress.step += 1
+            continue
         loss, terms = step_loss(model, batch, epoch)
         if not torch.isfinite(loss):
             values = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items())
@@ -183,7 +193,7 @@ def train_one_epoch(model, optimizer, train_loader: TrainLoader, step_loss, epoc
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        n = batch[0][1].shape[0]
+        n = min(len(part[1]) for part in batch)
         for k, v in terms.items():
             progress.sums[k] = progress.sums.get(k, 0.0) + float(v) * n
         progress.seen += n
@@ -196,8 +206,13 @@ def train_one_epoch(model, optimizer, train_loader: TrainLoader, step_loss, epoc
         if stop.signum:
             break
     elapsed = time.time() - start
-    return {**progress.means(), "alpha": epoch_alpha(args, epoch), "seconds": elapsed,
-            "images_per_s": (progress.seen - seen_before) / max(elapsed, 1e-9)}
+    stats = {**progress.means(), "alpha": epoch_alpha(args, epoch), "seconds": elapsed,
+             "images_per_s": (progress.seen - seen_before) / max(elapsed, 1e-9)}
+    skipped = getattr(train_loader.dataset, "take_skipped", lambda: 0)()
+    if args.skip_bad_images:
+        stats["skipped_images"] = skipped
+        log.print(f"epoch {epoch + 1}: {skipped} undecodable training images skipped")
+    return stats
 
 
 def log_epoch(log: RunLog, epoch: int, epochs: int, lr: float, train_stats: Dict, result: Dict,
@@ -234,7 +249,8 @@ def variant_tag(args) -> str:
 
 def make_run_folder(args) -> str:
     name = run_name({"data": args.dataset, "arch": args.arch + (f"w{args.width}" if args.arch == "resnet32" else ""),
-                     "IF": f"IF{round(1 / args.imbanlance_rate):g}", "method": variant_tag(args),
+                     "IF": f"IF{round(1 / args.imbanlance_rate):g}" if args.dataset in CIFAR_INFO else None,
+                     "method": variant_tag(args),
                      "seed": f"s{args.seed}",
                      "split": None if args.split == "released" else args.split})
     folder = os.path.join(args.root_log, name)
@@ -275,6 +291,10 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
     device = select_device(args.gpu)
     data = build_data(args, views=1 if args.method == "ce" else 2)
     args.num_classes = data.num_classes
+    preflight_note = None
+    if data.files:  # a broken data setup is reported in seconds, before anything is written
+        start = time.time()
+        preflight_note = preflight(data.files) + f" ({time.time() - start:.1f} s)"
     model = build_model(args.arch, data.num_classes, args.width)
     n_params = count_parameters(model)
     checkpoint = None
@@ -300,21 +320,26 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
     if not checkpoint:
         write_json(os.path.join(run_dir, "args.json"), {
             "args": vars(args), "variant": variant_tag(args), "eval_head": eval_head(args),
-            "train_counts": data.train_counts, "parameters": n_params,
+            "train_counts": data.train_counts, "class_names": data.class_names, "parameters": n_params,
             "versions": library_versions(), "command": " ".join(sys.argv)})
     pin = device.type == "cuda"
     train_loader = TrainLoader(data.train, data.train_counts, args.batch_size,
                                None if args.method == "ce" else args.resample_weighting,
                                args.workers, args.seed, pin_memory=pin)
     test_loader = build_test_loader(data.test, args.workers, pin_memory=pin)
+    if preflight_note:
+        log.print(preflight_note)
     if args.dry_run:
+        factor = lr_factor(args.dataset, args.epochs, late_warmup=args.warmup == "late")
+        log.print("learning rate per epoch: " + ", ".join(f"{e + 1}: {args.lr * factor(e):.5g}"
+                                                          for e in range(args.epochs)))
         log.print(f"dry run: {len(train_loader)} steps per epoch; data, loaders and model built; exiting")
         log.close()
         return None
 
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
-    scheduler = build_scheduler(optimizer, args.epochs)
+    scheduler = build_scheduler(optimizer, args.dataset, args.epochs, late_warmup=args.warmup == "late")
     mix_rng = np.random.default_rng(args.seed)
     step_loss = build_step_loss(args, data.train_counts, data.image_size, device, mix_rng)
     best_acc1, start_epoch, progress = 0.0, args.start_epoch, EpochProgress()

@@ -1,15 +1,26 @@
-"""Data sets for GLMC: `build_data(args)` returns the training and test sets and the class counts."""
-from dataclasses import dataclass
-from typing import List
+"""Data sets for GLMC: `build_data(args)` returns the training and test sets and the class counts (SPEC §2)."""
+import os
+from dataclasses import dataclass, field
+from typing import List, Optional, Tuple
 
 from torch.utils.data import DataLoader, Dataset
 
 from datasets.cifar_lt import CIFAR_INFO, load_cifar_lt
+from datasets.image_files import (ImageFileDataset, collate_fn_for, find_eval_split, read_image_list,
+                                   scan_class_folders)
 from datasets.loaders import ImageArrayDataset, class_counts
-from datasets.transforms import TwoViews, cifar_test_transform, cifar_train_transform
+from datasets.transforms import (IMAGENET_STATS, INAT_STATS, TwoViews, cifar_test_transform, cifar_train_transform,
+                                 large_test_transform, large_train_transform)
 from utils.errors import UsageError
 
-DATASETS = tuple(CIFAR_INFO)
+LIST_DATASETS = {
+    # name: (classes, default train list, default test list, normalisation)
+    "ImageNet-LT": (1000, "ImageNet_LT_train.txt", "ImageNet_LT_test.txt", IMAGENET_STATS),
+    "iNaturelist2018": (8142, "iNaturalist18_train.txt", "iNaturalist18_val.txt", INAT_STATS),
+}
+FOLDER_DATASETS = ("folder", "nepes")
+DATASETS = tuple(CIFAR_INFO) + tuple(LIST_DATASETS) + FOLDER_DATASETS
+DATA_TXT = os.path.join("data", "data_txt")
 EVAL_BATCH_SIZE = 256
 
 
@@ -20,25 +31,57 @@ class DataBundle:
     train_counts: List[int]
     num_classes: int
     image_size: int
+    class_names: Optional[List[str]] = None
+    files: List[Tuple[str, List[str]]] = field(default_factory=list)  # (name, paths) for the preflight check
+
+
+def default_list_paths(dataset: str) -> Tuple[str, str]:
+    _, train, test, _ = LIST_DATASETS[dataset]
+    return os.path.join(DATA_TXT, train), os.path.join(DATA_TXT, test)
+
+
+def _check_num_classes(args, found: int, what: str) -> int:
+    if args.num_classes is not None and args.num_classes != found:
+        raise UsageError(f"--num_classes {args.num_classes} does not match {what}, which has {found} classes")
+    return found
 
 
 def build_data(args, views: int = 2) -> DataBundle:
-    """The long-tailed training set (`views` augmented views per image) and the balanced test set."""
-    if args.dataset not in CIFAR_INFO:
-        raise UsageError(f"unknown data set {args.dataset!r}; choose one of {', '.join(DATASETS)}")
-    num_classes = CIFAR_INFO[args.dataset]["num_classes"]
-    if args.num_classes is not None and args.num_classes != num_classes:
-        raise UsageError(f"--num_classes {args.num_classes} does not match {args.dataset}, "
-                         f"which has {num_classes} classes")
-    arrays = load_cifar_lt(args.root, args.dataset, args.imbanlance_rate, args.split, args.seed,
-                           download=not args.no_download)
-    augment = cifar_train_transform(args.dataset)
-    train = ImageArrayDataset(arrays["train"].images, arrays["train"].labels,
-                              TwoViews(augment) if views == 2 else augment)
-    test = ImageArrayDataset(arrays["test"].images, arrays["test"].labels, cifar_test_transform(args.dataset))
-    return DataBundle(train, test, class_counts(train.targets, num_classes), num_classes, image_size=32)
+    """The long-tailed training set (`views` augmented views per image) and the test set."""
+    wrap = TwoViews if views == 2 else (lambda t: t)
+    if args.dataset in CIFAR_INFO:
+        num_classes = _check_num_classes(args, CIFAR_INFO[args.dataset]["num_classes"], args.dataset)
+        arrays = load_cifar_lt(args.root, args.dataset, args.imbanlance_rate, args.split, args.seed,
+                               download=not args.no_download)
+        train = ImageArrayDataset(arrays["train"].images, arrays["train"].labels,
+                                  wrap(cifar_train_transform(args.dataset)))
+        test = ImageArrayDataset(arrays["test"].images, arrays["test"].labels, cifar_test_transform(args.dataset))
+        return DataBundle(train, test, class_counts(train.targets, num_classes), num_classes, image_size=32)
+
+    if not os.path.isdir(args.root):
+        raise UsageError(f"--root {args.root!r} is not a folder; for {args.dataset} it holds the images "
+                         "(see data/README.md)")
+    skip = getattr(args, "skip_bad_images", False)
+    if args.dataset in LIST_DATASETS:
+        num_classes, _, _, stats = LIST_DATASETS[args.dataset]
+        num_classes = args.num_classes or num_classes
+        train_list, test_list = default_list_paths(args.dataset)
+        train_list, test_list = args.dir_train_txt or train_list, args.dir_test_txt or test_list
+        train_paths, train_labels = read_image_list(train_list, args.root, num_classes, "--dir_train_txt")
+        test_paths, test_labels = read_image_list(test_list, args.root, num_classes, "--dir_test_txt")
+        names = None
+    else:
+        stats = IMAGENET_STATS
+        train_paths, train_labels, names = scan_class_folders(os.path.join(args.root, "train"))
+        test_paths, test_labels, _ = scan_class_folders(find_eval_split(args.root), names)
+        num_classes = _check_num_classes(args, len(names), f"the class folders of {args.root!r}")
+    size = args.image_size
+    train = ImageFileDataset(train_paths, train_labels, wrap(large_train_transform(size, stats)), skip_bad=skip)
+    test = ImageFileDataset(test_paths, test_labels, large_test_transform(size, stats), skip_bad=skip)
+    return DataBundle(train, test, class_counts(train_labels, num_classes), num_classes, size, names,
+                      files=[("training images", train_paths), ("test images", test_paths)])
 
 
 def build_test_loader(test: Dataset, workers: int, pin_memory: bool = False) -> DataLoader:
     return DataLoader(test, batch_size=EVAL_BATCH_SIZE, shuffle=False, num_workers=workers,
-                      pin_memory=pin_memory)
+                      pin_memory=pin_memory, collate_fn=collate_fn_for(test))

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from datasets.image_files import collate_fn_for
 from utils.losses import class_balance_weights
 
 
@@ -83,14 +84,15 @@ class TrainLoader:
 
     def __init__(self, dataset: Dataset, counts: Sequence[int], batch_size: int, resample_power: Optional[float],
                  workers: int, seed: int, pin_memory: bool = False) -> None:
-        self.seed, self.batch_size = seed, batch_size
+        self.seed, self.batch_size, self.dataset = seed, batch_size, dataset
         n = len(dataset)
         self.samplers = [EpochSampler(n, seed, stream=0)]
         if resample_power is not None:
             weights = resample_weights(dataset.targets, counts, resample_power)
             self.samplers.append(EpochSampler(n, seed, stream=1, weights=weights))
         self.loaders = [DataLoader(dataset, batch_size=batch_size, sampler=s, num_workers=workers,
-                                   pin_memory=pin_memory, generator=torch.Generator()) for s in self.samplers]
+                                   pin_memory=pin_memory, generator=torch.Generator(), collate_fn=collate_fn_for(dataset))
+                        for s in self.samplers]
 
     def __len__(self) -> int:
         return -(-self.samplers[0].size // self.batch_size)

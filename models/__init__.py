@@ -5,12 +5,14 @@ from torch import nn
 
 from models.resnet32 import ResNet32
 from models.resnet_cifar import resnet18, resnet34, resnet50
+from models.resnext import ResNeXt50
 
 ARCHS: Dict[str, Callable[..., nn.Module]] = {
     "resnet32": ResNet32,
     "resnet18": resnet18,
     "resnet34": resnet34,
     "resnet50": resnet50,
+    "resnext50_32x4d": ResNeXt50,
 }
 RESNET32_RELEASED_WIDTH = 64
 

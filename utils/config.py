@@ -14,9 +14,20 @@ from utils.metrics import SHOT_RULES
 
 def add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data and model")
-    g.add_argument("--dataset", default="cifar10", choices=DATASETS, help="data set")
-    g.add_argument("--root", default="data", help="data set root: the folder holding cifar-10-batches-py/ "
-                   "or cifar-100-python/, or that folder itself (default: data)")
+    g.add_argument("--dataset", default="cifar10", choices=DATASETS,
+                   help="data set; 'folder' (alias 'nepes') is any tree ROOT/train/<class>/ + ROOT/val|valid|test/<class>/")
+    g.add_argument("--root", default="data", help="data set root: for CIFAR the folder holding cifar-10-batches-py/ "
+                   "or cifar-100-python/ (or that folder itself); for ImageNet-LT and iNat the folder the list "
+                   "paths are relative to; for folder data sets the folder holding train/ (default: data)")
+    g.add_argument("--dir_train_txt", default=None,
+                   help="training image list, 'relative/path label' per line (default: data/data_txt/"
+                        "ImageNet_LT_train.txt or iNaturalist18_train.txt)")
+    g.add_argument("--dir_test_txt", default=None,
+                   help="test image list (default: data/data_txt/ImageNet_LT_test.txt or iNaturalist18_val.txt)")
+    g.add_argument("--image_size", type=int, default=224,
+                   help="training crop of ImageNet-LT, iNat and folder data sets (default 224; CIFAR is 32)")
+    g.add_argument("--skip_bad_images", action="store_true",
+                   help="skip images that cannot be decoded (counted and reported each epoch) instead of stopping")
     g.add_argument("--no_download", action="store_true", help="never download CIFAR when it is missing")
     g.add_argument("-a", "--arch", default="resnet32", choices=list(ARCHS), help="network")
     g.add_argument("--width", type=int, default=RESNET32_RELEASED_WIDTH,
@@ -46,6 +57,8 @@ def check_common_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--imbanlance_rate {args.imbanlance_rate} is outside (0, 1]; 0.01 means IF 100")
     if args.batch_size <= 0:
         raise UsageError(f"-b/--batch_size {args.batch_size} must be positive")
+    if args.image_size < 8:
+        raise UsageError(f"--image_size {args.image_size} is too small (at least 8)")
     if args.workers < 0:
         raise UsageError(f"-j/--workers {args.workers} must be 0 or more")
     if args.arch != "resnet32" and args.width != RESNET32_RELEASED_WIDTH:
@@ -72,5 +85,8 @@ def run_cli(entry, parser: argparse.ArgumentParser, argv=None) -> None:
     except (UsageError, RunStopped) as exc:
         if args.debug:
             raise
-        print(f"error: {exc}" if isinstance(exc, UsageError) else str(exc), file=sys.stderr)
+        message = str(exc)
+        if "Original Traceback" in message:  # raised in a DataLoader worker: keep the worker's own message
+            message = message.strip().splitlines()[-1].split(": ", 1)[-1]
+        print(f"error: {message}" if isinstance(exc, UsageError) else message, file=sys.stderr)
         sys.exit(exc.exit_code if isinstance(exc, RunStopped) else 2)

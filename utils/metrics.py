@@ -30,7 +30,10 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, k: int =
     and `logit_shift` added to the logits (post-hoc logit adjustment)."""
     model.eval()
     preds, targets = [], []
-    for images, labels in loader:
+    for batch in loader:
+        if batch is None:  # every image of the batch was undecodable and skipped
+            continue
+        images, labels = batch
         logits = model(images.to(device, non_blocking=True), head=head)
         if logit_shift is not None:
             logits = logits.float() + logit_shift.to(logits.device)

@@ -1,8 +1,10 @@
-"""Learning-rate schedules (SPEC §6), as LambdaLR factors stepped once per epoch."""
+"""Learning-rate schedules (SPEC §6), as LambdaLR factors of the base rate, stepped once per epoch."""
 import math
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
+
+WARMUP_DATASETS = ("ImageNet-LT", "iNaturelist2018")
 
 
 class CosineFactor:
@@ -15,5 +17,32 @@ class CosineFactor:
         return 0.5 * (1.0 + math.cos(math.pi * epoch / self.epochs))
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, epochs: int) -> LambdaLR:
-    return LambdaLR(optimizer, CosineFactor(epochs))
+class WarmupCosineFactor:
+    """The ImageNet-LT / iNat rule: rule(e) = (e + 1) / 10 while e <= 10, else
+    0.5 * (1 + cos(pi * (e - 9) / (epochs - 9))).
+
+    The released code applies rule(e) after epoch e, so epoch 0 runs at the base rate
+    and epoch k >= 1 at rule(k - 1) (`late=True`, the default); `late=False` applies
+    rule(k) to epoch k, the warm-up on time.
+    """
+
+    def __init__(self, epochs: int, late: bool = True) -> None:
+        self.epochs, self.late = epochs, late
+
+    def rule(self, e: int) -> float:
+        if e <= 10:
+            return (e + 1) / 10
+        return 0.5 * (1.0 + math.cos(math.pi * (e - 9) / (self.epochs - 9)))
+
+    def __call__(self, epoch: int) -> float:
+        if self.late:
+            return 1.0 if epoch == 0 else self.rule(epoch - 1)
+        return self.rule(epoch)
+
+
+def lr_factor(dataset: str, epochs: int, late_warmup: bool = True):
+    return WarmupCosineFactor(epochs, late_warmup) if dataset in WARMUP_DATASETS else CosineFactor(epochs)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, dataset: str, epochs: int, late_warmup: bool = True) -> LambdaLR:
+    return LambdaLR(optimizer, lr_factor(dataset, epochs, late_warmup))
