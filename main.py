@@ -281,7 +281,10 @@ def resume_command(checkpoint_path: str) -> str:
 
 def describe(args, data: DataBundle, n_params: int, log: RunLog) -> None:
     log.print("configuration: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
-    log.print(f"training images per class ({sum(data.train_counts)} in all): {data.train_counts}")
+    counts = data.train_counts
+    shown = str(counts) if len(counts) <= 100 else (
+        f"{counts[:10]} ... {counts[-10:]} (max {max(counts)}, min {min(counts)}; all {len(counts)} in args.json)")
+    log.print(f"training images per class ({sum(counts)} in all): {shown}")
     log.print(f"test images: {len(data.test)}; parameters: {n_params:,}")
 
 
