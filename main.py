@@ -12,17 +12,17 @@ import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 import torch
 
-from datasets import CIFAR_INFO, DataBundle, build_data, build_test_loader
+from datasets import CIFAR_INFO, DataBundle, build_data, build_loaders
 from datasets.image_files import preflight
-from datasets.loaders import TrainLoader
 from models import build_model, count_parameters
 from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint, unwrap
 from utils.config import add_data_and_model_args, check_common_args, run_cli, select_device
+from utils.distributed import World, any_rank, broadcast_object, close_world, init_world
 from utils.errors import RunStopped, UsageError
 from utils.interrupt import StopRequest
 from utils.losses import LossOptions, ce_loss, class_balance_weights, cumulative_alpha, glmc_loss, log_class_prior
@@ -30,6 +30,7 @@ from utils.metrics import evaluate, format_group
 from utils.mixing import draw_mix
 from utils.run_log import RunLog, library_versions, run_name, write_json
 from utils.schedule import build_scheduler, lr_factor
+from utils.speed import autocast, grad_scaler, prepare_model
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -77,6 +78,17 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="no cumulative schedule: alpha fixed at this value (1 = balance term only)")
     g.add_argument("--seeds", default=None,
                    help="comma-separated seeds, e.g. 1,2,3: one run per seed, in sibling run folders")
+    g = parser.add_argument_group("speed and scale")
+    g.add_argument("--data_path", default="tensor", choices=["tensor", "pil"],
+                   help="CIFAR only: 'tensor' makes the crops and flips as batched tensor operations on the "
+                        "training device (same distributions, much faster); 'pil' uses per-image PIL transforms "
+                        "in DataLoader workers as released. Other data sets always use the PIL path")
+    g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
+                   help="mixed precision for the forward pass (fp16 with a gradient scaler); losses stay fp32")
+    g.add_argument("--channels_last", action="store_true", help="channels_last memory format")
+    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--sync_bn", action="store_true",
+                   help="with torchrun: SyncBatchNorm (default: per-process statistics, as the released DataParallel)")
     g = parser.add_argument_group("run")
     g.add_argument("-p", "--print_freq", type=int, default=50, help="print a progress line every N steps")
     g.add_argument("--root_log", default="runs", help="parent folder of run folders (logs, args.json)")
@@ -173,8 +185,9 @@ def build_step_loss(args, train_counts, image_size: int, device: torch.device, m
     return glmc_step
 
 
-def train_one_epoch(model, optimizer, train_loader: TrainLoader, step_loss, epoch: int, args, log: RunLog,
-                    progress: EpochProgress, stop: StopRequest) -> Dict[str, float]:
+def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args, log: RunLog,
+                    progress: EpochProgress, stop: StopRequest, device: torch.device, world: World = World(),
+                    scaler: Optional[torch.amp.GradScaler] = None) -> Dict[str, float]:
     """One pass over the uniform loader (for GLMC each batch paired with a re-sampled one, SPEC §3, §5).
 
     Starts at `progress.step` and returns early, with `progress` up to date, when a stop is requested.
@@ -185,29 +198,37 @@ def train_one_epoch(model, optimizer, train_loader: TrainLoader, step_loss, epoc
         if any(part is None for part in batch):  # a batch of undecodable images only (--skip_bad_images)
             progress.step += 1
             continue
-        loss, terms = step_loss(model, batch, epoch)
-        if not torch.isfinite(loss):
+        with autocast(args.amp, device):
+            loss, terms = step_loss(model, batch, epoch)
+        (diverged,) = any_rank(world, [not torch.isfinite(loss)], device)
+        if diverged:
             values = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items())
             raise RunStopped(f"non-finite loss at epoch {epoch + 1}, step {progress.step + 1}: {values}. "
                              "Stopped before updating; the last checkpoint is left intact.", exit_code=3)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
         n = min(len(part[1]) for part in batch)
         for k, v in terms.items():
             progress.sums[k] = progress.sums.get(k, 0.0) + float(v) * n
         progress.seen += n
         progress.step += 1
         if (progress.step - 1) % args.print_freq == 0 or progress.step == steps:
-            rate = (progress.seen - seen_before) / (time.time() - start)
+            rate = (progress.seen - seen_before) * world.size / (time.time() - start)
             log.print(f"epoch {epoch + 1}/{args.epochs} step {progress.step}/{steps} "
                       + " ".join(f"{k} {v:.4f}" for k, v in progress.means().items())
                       + f" lr {optimizer.param_groups[0]['lr']:.5f} {rate:.0f} img/s")
-        if stop.signum:
+        (stopping,) = any_rank(world, [stop.signum is not None], device)
+        if stopping:
             break
     elapsed = time.time() - start
     stats = {**progress.means(), "alpha": epoch_alpha(args, epoch), "seconds": elapsed,
-             "images_per_s": (progress.seen - seen_before) / max(elapsed, 1e-9)}
+             "images_per_s": (progress.seen - seen_before) * world.size / max(elapsed, 1e-9)}
     skipped = getattr(train_loader.dataset, "take_skipped", lambda: 0)()
     if args.skip_bad_images:
         stats["skipped_images"] = skipped
@@ -222,11 +243,11 @@ def log_epoch(log: RunLog, epoch: int, epochs: int, lr: float, train_stats: Dict
     log.print(f"epoch {epoch + 1}/{epochs} test top-1 {result['top1']:.2f} top-5 {result['top5']:.2f} "
               + " ".join(f"{g} {format_group(result[g])}" for g in groups)
               + f" ({result['shot_rule']} rule) best {best_acc1:.2f} [{train_stats['seconds']:.1f} s train]")
-    tested = {k: result[k] for k in ("top1", "top5", *groups)}
+    tested = {k: result[k] for k in ("top1", "top5", *groups, "test_images")}
     log.epoch_record({"epoch": epoch + 1, "lr": lr, **train_stats, **tested, "best_acc1": best_acc1})
     log.scalars({f"train/{k}": train_stats.get(k) for k in ("loss", "balance", "rebalance", "consistency")}
                 | {"train/lr": lr, "train/alpha": train_stats["alpha"]}
-                | {f"test/{k}": v for k, v in tested.items()}, epoch + 1)
+                | {f"test/{k}": tested[k] for k in ("top1", "top5", *groups)}, epoch + 1)
 
 
 def eval_head(args) -> str:
@@ -288,10 +309,36 @@ def describe(args, data: DataBundle, n_params: int, log: RunLog) -> None:
     log.print(f"test images: {len(data.test)}; parameters: {n_params:,}")
 
 
+def open_run_folder(args, checkpoint: Optional[Dict], world: World) -> Tuple[str, str]:
+    """(run folder, checkpoint folder): made by rank 0 (or the resumed run's), shared with every rank."""
+    if checkpoint:
+        run_dir = checkpoint.get("run_dir", os.path.dirname(os.path.abspath(args.resume)))
+    else:
+        run_dir = broadcast_object(world, make_run_folder(args) if world.is_main else None)
+    ckpt_dir = os.path.join(args.root_model, os.path.basename(run_dir)) if args.root_model else run_dir
+    if world.is_main:
+        try:
+            os.makedirs(ckpt_dir, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"cannot create checkpoint folder {ckpt_dir!r}: {exc.strerror}") from exc
+    return run_dir, ckpt_dir
+
+
 def main(args: argparse.Namespace) -> Optional[Dict]:
     check_args(args)
+    world = init_world()
+    try:
+        return train(args, world)
+    finally:
+        close_world(world)
+
+
+def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
+    if args.batch_size % world.size:
+        raise UsageError(f"-b/--batch_size {args.batch_size} (the global batch) is not divisible by the "
+                         f"{world.size} processes")
     seed_everything(args.seed)
-    device = select_device(args.gpu)
+    device = select_device(world.local_rank if world.enabled and torch.cuda.is_available() else args.gpu)
     data = build_data(args, views=1 if args.method == "ce" else 2)
     args.num_classes = data.num_classes
     preflight_note = None
@@ -308,28 +355,18 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
         if "optimizer" not in checkpoint:
             raise UsageError(f"--resume {args.resume!r} holds weights only (no optimizer state); "
                              "evaluate it with test.py instead")
-    model.to(device)
 
-    run_dir = checkpoint.get("run_dir", os.path.dirname(os.path.abspath(args.resume))) if checkpoint \
-        else make_run_folder(args)
-    ckpt_dir = os.path.join(args.root_model, os.path.basename(run_dir)) if args.root_model else run_dir
-    try:
-        os.makedirs(ckpt_dir, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create checkpoint folder {ckpt_dir!r}: {exc.strerror}") from exc
-    log = RunLog(run_dir, tensorboard=not (args.no_tensorboard or args.dry_run))
-    log.print(f"run folder: {run_dir}; device: {device}")
+    run_dir, ckpt_dir = open_run_folder(args, checkpoint, world)
+    log = RunLog(run_dir if world.is_main else None, tensorboard=not (args.no_tensorboard or args.dry_run),
+                 echo=world.is_main)
+    log.print(f"run folder: {run_dir}; device: {device}" + (f"; {world.size} processes" if world.enabled else ""))
     describe(args, data, n_params, log)
-    if not checkpoint:
+    if not checkpoint and world.is_main:
         write_json(os.path.join(run_dir, "args.json"), {
             "args": vars(args), "variant": variant_tag(args), "eval_head": eval_head(args),
             "train_counts": data.train_counts, "class_names": data.class_names, "parameters": n_params,
-            "versions": library_versions(), "command": " ".join(sys.argv)})
-    pin = device.type == "cuda"
-    train_loader = TrainLoader(data.train, data.train_counts, args.batch_size,
-                               None if args.method == "ce" else args.resample_weighting,
-                               args.workers, args.seed, pin_memory=pin)
-    test_loader = build_test_loader(data.test, args.workers, pin_memory=pin)
+            "world_size": world.size, "versions": library_versions(), "command": " ".join(sys.argv)})
+    train_loader, test_loader = build_loaders(data, args, device, world.rank, world.size)
     if preflight_note:
         log.print(preflight_note)
     if args.dry_run:
@@ -340,15 +377,20 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
         log.close()
         return None
 
+    model = prepare_model(model, device, world, args.channels_last, args.sync_bn, args.compile,
+                          find_unused=args.method == "ce" or args.no_consistency)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = build_scheduler(optimizer, args.dataset, args.epochs, late_warmup=args.warmup == "late")
+    scaler = grad_scaler(args.amp, device)
     mix_rng = np.random.default_rng(args.seed)
     step_loss = build_step_loss(args, data.train_counts, data.image_size, device, mix_rng)
     best_acc1, start_epoch, progress = 0.0, args.start_epoch, EpochProgress()
     if checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
+        if scaler is not None and checkpoint.get("scaler"):
+            scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_states(checkpoint["rng"], mix_rng)
         best_acc1, start_epoch = checkpoint["best_acc1"], checkpoint["epoch"]
         progress = EpochProgress(**checkpoint.get("in_epoch") or {})
@@ -359,12 +401,15 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
             scheduler.step()
 
     def save(epochs_done: int, is_best: bool, in_epoch: Optional[EpochProgress] = None) -> str:
-        state = {"epoch": epochs_done, "arch": args.arch, "state_dict": unwrap(model).state_dict(),
-                 "best_acc1": best_acc1, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                 "rng": rng_states(mix_rng), "in_epoch": asdict(in_epoch) if in_epoch else None,
-                 "args": vars(args), "train_counts": data.train_counts, "run_dir": run_dir}
-        save_checkpoint(state, ckpt_dir, is_best, every=20 if in_epoch is None else 0)
-        return os.path.join(ckpt_dir, "ckpt.pth.tar")
+        path = os.path.join(ckpt_dir, "ckpt.pth.tar")
+        if world.is_main:
+            state = {"epoch": epochs_done, "arch": args.arch, "state_dict": unwrap(model).state_dict(),
+                     "best_acc1": best_acc1, "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
+                     "rng": rng_states(mix_rng), "in_epoch": asdict(in_epoch) if in_epoch else None,
+                     "args": vars(args), "train_counts": data.train_counts, "run_dir": run_dir}
+            save_checkpoint(state, ckpt_dir, is_best, every=20 if in_epoch is None else 0)
+        return path
 
     result = None
     with StopRequest() as stop:
@@ -372,22 +417,26 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
             for epoch in range(start_epoch, args.epochs):
                 lr = optimizer.param_groups[0]["lr"]
                 train_stats = train_one_epoch(model, optimizer, train_loader, step_loss, epoch, args, log,
-                                              progress, stop)
+                                              progress, stop, device, world, scaler)
                 if progress.step < len(train_loader):  # stopped by a signal mid-epoch
                     path = save(epoch, False, progress)
-                    raise RunStopped(f"stopped by {stop.name} at epoch {epoch + 1}, step {progress.step}/"
-                                     f"{len(train_loader)}; {path} resumes mid-epoch at step {progress.step + 1}:"
-                                     f"\n  {resume_command(path)}", stop.exit_code)
+                    raise RunStopped(f"stopped by {stop.name or 'a signal to another process'} at epoch {epoch + 1}, "
+                                     f"step {progress.step}/{len(train_loader)}; {path} resumes mid-epoch at step "
+                                     f"{progress.step + 1}:\n  {resume_command(path)}", stop.exit_code)
                 progress = EpochProgress()
                 scheduler.step()
-                result = evaluate(model, test_loader, device, data.train_counts, args.shot_rule, eval_head(args))
+                with autocast(args.amp, device):
+                    result = evaluate(model, test_loader, device, data.train_counts, args.shot_rule,
+                                      eval_head(args), world)
                 is_best = result["top1"] > best_acc1
                 best_acc1 = max(best_acc1, result["top1"])
                 path = save(epoch + 1, is_best)
                 log_epoch(log, epoch, args.epochs, lr, train_stats, result, best_acc1)
-                if stop.signum and epoch + 1 < args.epochs:
-                    raise RunStopped(f"stopped by {stop.name} after epoch {epoch + 1}; {path} resumes at the epoch "
-                                     f"boundary (epoch {epoch + 2}):\n  {resume_command(path)}", stop.exit_code)
+                (stopping,) = any_rank(world, [stop.signum is not None], device)
+                if stopping and epoch + 1 < args.epochs:
+                    raise RunStopped(f"stopped by {stop.name or 'a signal to another process'} after epoch "
+                                     f"{epoch + 1}; {path} resumes at the epoch boundary (epoch {epoch + 2}):\n"
+                                     f"  {resume_command(path)}", stop.exit_code)
             if result is not None:
                 log.print(f"done: best top-1 {best_acc1:.2f}, last top-1 {result['top1']:.2f}")
         finally:

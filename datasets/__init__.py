@@ -3,14 +3,16 @@ import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from torch.utils.data import DataLoader, Dataset
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from datasets.cifar_lt import CIFAR_INFO, load_cifar_lt
 from datasets.image_files import (ImageFileDataset, collate_fn_for, find_eval_split, read_image_list,
                                    scan_class_folders)
-from datasets.loaders import ImageArrayDataset, class_counts
-from datasets.transforms import (IMAGENET_STATS, INAT_STATS, TwoViews, cifar_test_transform, cifar_train_transform,
-                                 large_test_transform, large_train_transform)
+from datasets.loaders import ImageArrayDataset, TrainLoader, class_counts
+from datasets.tensor_path import TensorTestLoader, TensorTrainLoader
+from datasets.transforms import (CIFAR_STATS, IMAGENET_STATS, INAT_STATS, TwoViews, cifar_test_transform,
+                                 cifar_train_transform, large_test_transform, large_train_transform)
 from utils.errors import UsageError
 
 LIST_DATASETS = {
@@ -82,6 +84,31 @@ def build_data(args, views: int = 2) -> DataBundle:
                       files=[("training images", train_paths), ("test images", test_paths)])
 
 
-def build_test_loader(test: Dataset, workers: int, pin_memory: bool = False) -> DataLoader:
-    return DataLoader(test, batch_size=EVAL_BATCH_SIZE, shuffle=False, num_workers=workers,
+def build_test_loader(test: Dataset, workers: int, pin_memory: bool = False, rank: int = 0, world: int = 1):
+    """The test set in order; with `world > 1`, rank r evaluates images r, r + world, ... (no overlap)."""
+    subset = test if world == 1 else Subset(test, list(range(rank, len(test), world)))
+    return DataLoader(subset, batch_size=EVAL_BATCH_SIZE, shuffle=False, num_workers=workers,
                       pin_memory=pin_memory, collate_fn=collate_fn_for(test))
+
+
+def uses_tensor_path(args) -> bool:
+    """`--data_path tensor` applies to CIFAR; other data sets always use the PIL path."""
+    return args.data_path == "tensor" and args.dataset in CIFAR_INFO
+
+
+def build_loaders(data: DataBundle, args, device: torch.device, rank: int = 0, world: int = 1):
+    """(training loader, test loader) for this process: `-b` is the global batch, split across processes."""
+    per_rank = args.batch_size // world
+    resample = None if args.method == "ce" else args.resample_weighting
+    views = 1 if args.method == "ce" else 2
+    if uses_tensor_path(args):
+        mean, std = CIFAR_STATS[args.dataset]
+        train = TensorTrainLoader(data.train.images, data.train.targets, data.train_counts, per_rank, resample,
+                                  args.seed, device, mean, std, views=views, rank=rank, world=world)
+        test = TensorTestLoader(data.test.images, data.test.targets, device, mean, std, EVAL_BATCH_SIZE,
+                                indices=range(rank, len(data.test), world))
+        return train, test
+    pin = device.type == "cuda"
+    train = TrainLoader(data.train, data.train_counts, per_rank, resample, args.workers, args.seed,
+                        pin_memory=pin, rank=rank, world=world)
+    return train, build_test_loader(data.test, args.workers, pin, rank, world)

@@ -42,36 +42,62 @@ def resample_weights(targets: Sequence[int], counts: Sequence[int], power: float
     return class_balance_weights(counts, power).double()[torch.as_tensor(targets)]
 
 
+def derived_seed(*keys: int) -> int:
+    """An independent 63-bit seed for a tuple of integers (seed, stream, epoch, ...)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0]) & (2 ** 63 - 1)
+
+
 def epoch_generator(seed: int, stream: int, epoch: int) -> torch.Generator:
     """An independent generator for one (seed, stream, epoch)."""
-    state = np.random.SeedSequence([seed, stream, epoch]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state) & (2 ** 63 - 1))
+    return torch.Generator().manual_seed(derived_seed(seed, stream, epoch))
 
 
 class EpochSampler(Sampler[int]):
     """A shuffled permutation (weights None) or weighted draws with replacement, fixed by (seed, epoch).
 
-    `set_epoch(epoch, start)` selects the epoch and skips its first `start` indices.
+    With `world > 1` the epoch's indices are padded (wrapping around) to a multiple of
+    `world` and rank r takes every world-th from r: the shards never overlap and have
+    equal length. `set_epoch(epoch, start)` selects the epoch and skips this shard's
+    first `start` indices.
     """
 
-    def __init__(self, size: int, seed: int, stream: int, weights: Optional[torch.Tensor] = None) -> None:
+    def __init__(self, size: int, seed: int, stream: int, weights: Optional[torch.Tensor] = None,
+                 rank: int = 0, world: int = 1) -> None:
         self.size, self.seed, self.stream, self.weights = size, seed, stream, weights
+        self.rank, self.world = rank, world
         self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int, start: int = 0) -> None:
         self.epoch, self.start = epoch, start
 
+    @property
+    def shard_size(self) -> int:
+        return -(-self.size // self.world)
+
     def indices(self) -> torch.Tensor:
         g = epoch_generator(self.seed, self.stream, self.epoch)
         if self.weights is None:
-            return torch.randperm(self.size, generator=g)
-        return torch.multinomial(self.weights, self.size, replacement=True, generator=g)
+            full = torch.randperm(self.size, generator=g)
+        else:
+            full = torch.multinomial(self.weights, self.size, replacement=True, generator=g)
+        padded = torch.cat([full, full[: self.shard_size * self.world - self.size]])
+        return padded[self.rank::self.world]
 
     def __iter__(self) -> Iterator[int]:
         return iter(self.indices()[self.start:].tolist())
 
     def __len__(self) -> int:
-        return self.size - self.start
+        return self.shard_size - self.start
+
+
+def make_samplers(targets: Sequence[int], counts: Sequence[int], resample_power: Optional[float], seed: int,
+                  rank: int = 0, world: int = 1) -> List[EpochSampler]:
+    """The uniform sampler, and the class re-sampling one when `resample_power` is set (SPEC §3)."""
+    samplers = [EpochSampler(len(targets), seed, stream=0, rank=rank, world=world)]
+    if resample_power is not None:
+        weights = resample_weights(targets, counts, resample_power)
+        samplers.append(EpochSampler(len(targets), seed, stream=1, weights=weights, rank=rank, world=world))
+    return samplers
 
 
 class TrainLoader:
@@ -83,23 +109,19 @@ class TrainLoader:
     """
 
     def __init__(self, dataset: Dataset, counts: Sequence[int], batch_size: int, resample_power: Optional[float],
-                 workers: int, seed: int, pin_memory: bool = False) -> None:
-        self.seed, self.batch_size, self.dataset = seed, batch_size, dataset
-        n = len(dataset)
-        self.samplers = [EpochSampler(n, seed, stream=0)]
-        if resample_power is not None:
-            weights = resample_weights(dataset.targets, counts, resample_power)
-            self.samplers.append(EpochSampler(n, seed, stream=1, weights=weights))
+                 workers: int, seed: int, pin_memory: bool = False, rank: int = 0, world: int = 1) -> None:
+        self.seed, self.batch_size, self.dataset, self.rank = seed, batch_size, dataset, rank
+        self.samplers = make_samplers(dataset.targets, counts, resample_power, seed, rank, world)
         self.loaders = [DataLoader(dataset, batch_size=batch_size, sampler=s, num_workers=workers,
                                    pin_memory=pin_memory, generator=torch.Generator(), collate_fn=collate_fn_for(dataset))
                         for s in self.samplers]
 
     def __len__(self) -> int:
-        return -(-self.samplers[0].size // self.batch_size)
+        return -(-self.samplers[0].shard_size // self.batch_size)
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Tuple]:
         """Tuples (original batch[, partner batch]) of `epoch`, starting after `skip_batches`."""
         for stream, (sampler, loader) in enumerate(zip(self.samplers, self.loaders)):
             sampler.set_epoch(epoch, skip_batches * self.batch_size)
-            loader.generator.manual_seed(int(epoch_generator(self.seed, 2 + stream, epoch).initial_seed()))
+            loader.generator.manual_seed(derived_seed(self.seed, 2 + stream, epoch, self.rank))
         return zip(*self.loaders)

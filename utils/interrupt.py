@@ -29,7 +29,8 @@ class StopRequest:
 
     @property
     def exit_code(self) -> int:
-        return 128 + (self.signum or 0)
+        """128 + the signal number (SIGTERM's when the stop came from another process of the run)."""
+        return 128 + (self.signum or signal.SIGTERM)
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:

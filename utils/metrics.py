@@ -5,6 +5,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from utils.distributed import World, gather_objects
+
 SHOT_RULES = {
     "released": "many > 100, few <= 20 training images (released code)",
     "common": "many > 100, few < 20 training images (Kang et al. 2020)",
@@ -38,7 +40,7 @@ def predict(model: nn.Module, loader: DataLoader, device: torch.device, k: int =
         if logit_shift is not None:
             logits = logits.float() + logit_shift.to(logits.device)
         preds.append(logits.float().topk(min(k, logits.shape[1]), dim=1).indices.cpu())
-        targets.append(labels)
+        targets.append(labels.cpu())
     return torch.cat(preds), torch.cat(targets)
 
 
@@ -71,9 +73,11 @@ def summarize(topk_preds: torch.Tensor, targets: torch.Tensor, train_counts: Seq
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, train_counts: Sequence[int],
-             rule: str = "released", head: str = "fc_cb") -> Dict:
-    preds, targets = predict(model, loader, device, head=head)
-    return {**summarize(preds, targets, train_counts, rule), "head": head}
+             rule: str = "released", head: str = "fc_cb", world: World = World()) -> Dict:
+    """Figures over the whole test set; under torchrun each rank predicts its shard and all are gathered."""
+    parts = gather_objects(world, predict(model, loader, device, head=head))
+    preds, targets = torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
+    return {**summarize(preds, targets, train_counts, rule), "head": head, "test_images": len(targets)}
 
 
 def format_group(value: Optional[float]) -> str:

@@ -35,8 +35,8 @@ def write_json(path: str, obj: Dict) -> None:
 class RunLog:
     """Prints to stdout and `log.txt`; scalars to TensorBoard; one JSON line per epoch."""
 
-    def __init__(self, folder: Optional[str], tensorboard: bool = True) -> None:
-        self.folder = folder
+    def __init__(self, folder: Optional[str], tensorboard: bool = True, echo: bool = True) -> None:
+        self.folder, self.echo = folder, echo
         self._file = open(os.path.join(folder, "log.txt"), "a") if folder else None
         self._tb = None
         if folder and tensorboard:
@@ -45,7 +45,8 @@ class RunLog:
             self._tb = SummaryWriter(log_dir=folder)
 
     def print(self, message: str) -> None:
-        print(message, flush=True)
+        if self.echo:
+            print(message, flush=True)
         if self._file:
             self._file.write(message + "\n")
             self._file.flush()

@@ -1,0 +1,125 @@
+"""The tensor data path, AMP / channels_last on the CPU, and a 2-process torchrun (gloo) run."""
+import json
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import main as train_script
+from datasets.tensor_path import Normalize, crop_flip, draw_crop_flip
+from tests.conftest import ROOT, write_cifar
+
+TINY = ["--dataset", "cifar10", "-a", "resnet32", "--width", "8", "--imbanlance_rate", "0.1", "-j", "0",
+        "--no_download", "--no_tensorboard", "-b", "16", "-p", "100"]
+
+
+def test_crops_and_flips_equal_a_numpy_reference():
+    rng = np.random.RandomState(0)
+    images = rng.randint(0, 256, size=(6, 3, 32, 32), dtype=np.uint8)
+    top, left = torch.tensor([0, 8, 3, 4, 8, 1]), torch.tensor([0, 8, 5, 0, 2, 7])
+    flip = torch.tensor([False, True, True, False, False, True])
+    out = crop_flip(torch.from_numpy(images), top, left, flip).numpy()
+    for i in range(6):
+        padded = np.pad(images[i], ((0, 0), (4, 4), (4, 4)))
+        expected = padded[:, top[i]:top[i] + 32, left[i]:left[i] + 32]
+        if flip[i]:
+            expected = expected[:, :, ::-1]
+        assert np.array_equal(out[i], expected), i
+
+
+def test_normalisation_matches_to_tensor_then_normalize():
+    from torchvision.transforms import functional as TF
+
+    image = torch.randint(0, 256, (1, 3, 4, 4), dtype=torch.uint8)
+    mean, std = (0.49, 0.48, 0.44), (0.25, 0.24, 0.26)
+    expected = TF.normalize(image[0].float() / 255.0, mean, std)
+    assert torch.allclose(Normalize(mean, std, torch.device("cpu"))(image)[0], expected, atol=1e-5)
+
+
+def test_offsets_and_flips_are_uniform():
+    gen = torch.Generator().manual_seed(1234)
+    top, left, flip = draw_crop_flip(81 * 400, gen)
+    counts = torch.bincount(top * 9 + left, minlength=81).double()
+    expected = len(top) / 81
+    chi2 = float(((counts - expected) ** 2 / expected).sum())
+    assert chi2 < 124.0  # 99.9th percentile of chi-square with 80 degrees of freedom
+    p = flip.double().mean().item()
+    assert abs(p - 0.5) < 3.3 * math.sqrt(0.25 / len(flip))
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("speed") / "data")
+    write_cifar(root, train_per_class=20, test_per_class=3)
+    return root
+
+
+@pytest.mark.parametrize("extra", [["--amp", "bf16"], ["--amp", "fp16"], ["--channels_last"],
+                                   ["--data_path", "pil", "--amp", "bf16", "--channels_last"]])
+def test_amp_and_channels_last_give_finite_losses(data_root, tmp_path, extra):
+    args = train_script.get_args_parser().parse_args(
+        TINY + ["--root", data_root, "--epochs", "1", "--root_log", str(tmp_path)] + extra)
+    train_script.main(args)
+    (run,) = os.listdir(tmp_path)
+    record = json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1])
+    assert all(math.isfinite(record[k]) for k in ("loss", "balance", "rebalance", "consistency"))
+
+
+def test_tensor_and_pil_paths_use_the_same_samples(data_root):
+    """Same samplers: batch i of the two paths holds the same images and labels."""
+    from datasets import build_data, build_loaders
+
+    args = train_script.get_args_parser().parse_args(TINY + ["--root", data_root])
+    data = build_data(args)
+    pil_batches = list(build_loaders(data, args, torch.device("cpu"))[0].epoch(1))
+    args.data_path = "tensor"
+    tensor_batches = list(build_loaders(data, args, torch.device("cpu"))[0].epoch(1))
+    assert len(pil_batches) == len(tensor_batches)
+    for pil, tensor in zip(pil_batches, tensor_batches):
+        for (_, y_pil), (_, y_tensor) in zip(pil, tensor):
+            assert torch.equal(y_pil, y_tensor)
+
+
+def torchrun(args, timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           os.path.join(ROOT, "main.py"), *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_two_process_gloo_run(data_root, tmp_path):
+    out = torchrun(TINY + ["--root", data_root, "--epochs", "1", "--root_log", str(tmp_path / "runs")])
+    assert out.returncode == 0, out.stderr[-3000:]
+    runs = os.listdir(tmp_path / "runs")
+    assert len(runs) == 1  # one run folder, written by rank 0 only
+    run_dir = tmp_path / "runs" / runs[0]
+    assert sorted(n for n in os.listdir(run_dir) if n.endswith(".pth.tar")) == ["ckpt.best.pth.tar", "ckpt.pth.tar"]
+    (record,) = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert record["test_images"] == 30  # every test image counted once across the two processes
+    assert json.loads((run_dir / "args.json").read_text())["world_size"] == 2
+
+    # The DDP checkpoint evaluates in a single process ...
+    report = tmp_path / "r.json"
+    single = subprocess.run([sys.executable, os.path.join(ROOT, "test.py"), *TINY[:10], "--root", data_root,
+                             "--resume", str(run_dir / "ckpt.pth.tar"), "--json", str(report)],
+                            capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert single.returncode == 0, single.stderr
+    assert json.loads(report.read_text())["top1"] == pytest.approx(record["top1"])
+    # ... and a single-process checkpoint resumes under torchrun.
+    train_script.main(train_script.get_args_parser().parse_args(
+        TINY + ["--root", data_root, "--epochs", "1", "--root_log", str(tmp_path / "single")]))
+    (single_run,) = os.listdir(tmp_path / "single")
+    out = torchrun(TINY + ["--root", data_root, "--epochs", "2", "--resume", str(tmp_path / "single" / single_run)])
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = (tmp_path / "single" / single_run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_batch_must_split_across_processes(data_root, tmp_path):
+    out = torchrun(TINY[:-4] + ["-b", "15", "-p", "100", "--root", data_root, "--epochs", "1",
+                                "--root_log", str(tmp_path)])
+    assert out.returncode != 0 and "not divisible by the 2 processes" in out.stderr
