@@ -8,7 +8,6 @@ The method is described in ../shared/SPEC.md; flags keep the released spellings.
 """
 import argparse
 import os
-import random
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -28,6 +27,7 @@ from utils.interrupt import StopRequest
 from utils.losses import LossOptions, ce_loss, class_balance_weights, cumulative_alpha, glmc_loss, log_class_prior
 from utils.metrics import evaluate, format_group
 from utils.mixing import draw_mix
+from utils.rng import restore_rng_states, rng_states, seed_everything
 from utils.run_log import RunLog, library_versions, run_name, write_json
 from utils.schedule import build_scheduler, lr_factor
 from utils.speed import autocast, grad_scaler, prepare_model
@@ -117,27 +117,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--fixed_alpha {args.fixed_alpha} must lie in [0, 1]")
     if args.print_freq <= 0:
         raise UsageError(f"-p/--print_freq {args.print_freq} must be positive")
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def rng_states(mix_rng: np.random.Generator) -> Dict:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-            "mix": mix_rng.bit_generator.state}
-
-
-def restore_rng_states(states: Dict, mix_rng: np.random.Generator) -> None:
-    random.setstate(states["python"])
-    np.random.set_state(states["numpy"])
-    torch.set_rng_state(states["torch"])
-    if states["cuda"] is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    mix_rng.bit_generator.state = states["mix"]
 
 
 @dataclass
