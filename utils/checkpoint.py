@@ -89,13 +89,15 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
     wrong = [f"{k}: checkpoint {tuple(theirs[k].shape)} vs model {tuple(ours[k].shape)}"
              for k in ours if k in theirs and theirs[k].shape != ours[k].shape]
     if missing or unexpected or wrong:
-        lines = [f"checkpoint {source!r} does not fit the model"]
+        looks = ""
+        if "fc_cb.weight" in theirs:
+            classes, dim = theirs["fc_cb.weight"].shape
+            looks = f"; it looks like {classes} classes on a {dim}-d feature (check -a, --num_classes, --width)"
+        lines = [f"checkpoint {source!r} does not fit the model: {len(missing)} missing keys, {len(unexpected)} "
+                 f"unexpected keys, {len(wrong)} shape mismatches{looks}"]
         for label, items in (("missing keys", missing), ("unexpected keys", unexpected), ("shape mismatches", wrong)):
             if items:
-                lines.append(f"  {label} ({len(items)}): " + ", ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
-        if "fc_cb.weight" in theirs:
-            lines.append(f"  the checkpoint's classifier has {theirs['fc_cb.weight'].shape[0]} classes "
-                         f"and a {theirs['fc_cb.weight'].shape[1]}-d feature; check -a and --num_classes (and --width)")
+                lines.append(f"  {label}: " + ", ".join(items[:6]) + (" ..." if len(items) > 6 else ""))
         raise UsageError("\n".join(lines))
     model.load_state_dict(theirs)
 
