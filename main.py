@@ -317,6 +317,9 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
         raise UsageError(f"-b/--batch_size {args.batch_size} (the global batch) is not divisible by the "
                          f"{world.size} processes")
     seed_everything(args.seed)
+    if world.enabled and torch.cuda.is_available() and world.local_rank >= torch.cuda.device_count():
+        raise UsageError(f"torchrun started more processes per node than this machine has GPUs "
+                         f"({torch.cuda.device_count()}); lower --nproc_per_node")
     device = select_device(world.local_rank if world.enabled and torch.cuda.is_available() else args.gpu)
     data = build_data(args, views=1 if args.method == "ce" else 2)
     args.num_classes = data.num_classes
