@@ -21,14 +21,14 @@ def list_lines(annotation_file: str) -> List[Tuple[str, int]]:
         with open(annotation_file) as f:
             data = json.load(f)
     except (OSError, json.JSONDecodeError) as exc:
-        raise SystemExit(f"error: cannot read {annotation_file!r}: {exc}")
+        raise SystemExit(f"error: cannot read {annotation_file!r}: {exc}") from None
     try:
         category_of: Dict[int, int] = {a["image_id"]: int(a["category_id"]) for a in data["annotations"]}
         return [(image["file_name"], category_of[image["id"]]) for image in data["images"]]
     except (KeyError, TypeError) as exc:
         raise SystemExit(f"error: {annotation_file!r} is not an iNaturalist annotation file "
                          f"(needs 'images' with id/file_name and 'annotations' with image_id/category_id): "
-                         f"missing {exc}")
+                         f"missing {exc}") from None
 
 
 def write_list(lines: List[Tuple[str, int]], path: str) -> None:

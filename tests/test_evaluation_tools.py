@@ -1,5 +1,4 @@
 """test.py's post-hoc tools and reports, and the MaxNorm second stage."""
-import argparse
 import json
 import math
 import os

@@ -29,7 +29,7 @@ def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Te
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DataParallel/DDP/torch.compile wrappers."""
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
-        model = getattr(model, "module", None) or getattr(model, "_orig_mod")
+        model = getattr(model, "module", None) or model._orig_mod
     return model
 
 

@@ -58,6 +58,8 @@ def plot_per_class(per_class: Sequence, train_counts: Sequence[int], rule: str, 
         if previous:
             draw.line([previous, point], fill=(214, 39, 40), width=2)
         previous = point
+        if len(order) <= 50:  # class index under its bar
+            draw.text((left + (i + 0.5) * step - 6, top + plot_h + 4), str(c), fill="black")
     for frac in (0.0, 0.5, 1.0):  # right axis: training count, log scale
         y = top + plot_h * (1 - frac)
         draw.text((left + plot_w + 6, y - 6), f"{10 ** (frac * max_log) - 1:.0f}", fill=(214, 39, 40))
@@ -67,6 +69,6 @@ def plot_per_class(per_class: Sequence, train_counts: Sequence[int], rule: str, 
         draw.text((x + 16, 12), f"{name} ({len(groups[name])})", fill="black")
         x += 110
     draw.text((x + 10, 12), "bars: test accuracy   red line: training images (right axis, log)", fill="black")
-    draw.text((left, height - 35), f"classes sorted by training count, largest first ({rule} shot rule)  {title}",
+    draw.text((left, height - 22), f"classes sorted by training count, largest first ({rule} shot rule)  {title}",
               fill="black")
     img.save(path, format="PNG")
