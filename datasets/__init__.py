@@ -63,7 +63,7 @@ def build_data(args, views: int = 2) -> DataBundle:
     if not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root!r} is not a folder; for {args.dataset} it holds the images "
                          "(see data/README.md)")
-    skip = getattr(args, "skip_bad_images", False)
+    skip = args.skip_bad_images
     if args.dataset in LIST_DATASETS:
         num_classes, _, _, stats = LIST_DATASETS[args.dataset]
         num_classes = args.num_classes or num_classes

@@ -36,6 +36,16 @@ def test_seeds_aggregate_into_one_row(tmp_path, capsys):
     assert "| cifar10 | 100 | resnet32 (width 16) | glmc |" in out
 
 
+def test_test_py_reports_in_run_folders_are_averaged(tmp_path, capsys):
+    make_run(tmp_path, "a", 1, [10.0, 20.0, 30.0])
+    make_run(tmp_path, "b", 2, [10.0, 20.0, 30.0])
+    (tmp_path / "a" / "maxnorm.json").write_text(json.dumps({"top1": 40.0, "per_class": []}))
+    (tmp_path / "b" / "maxnorm.json").write_text(json.dumps({"top1": 44.0, "per_class": []}))
+    results_main([str(tmp_path), "--csv", str(tmp_path / "t.csv")])
+    (row,) = list(csv.DictReader(open(tmp_path / "t.csv")))
+    assert row["test.py top-1"] == f"42.00 ± {statistics.stdev([40, 44]):.2f}"
+
+
 def test_incomplete_run_is_flagged(tmp_path, capsys):
     make_run(tmp_path, "a", 1, [10.0, 12.0])
     results_main([str(tmp_path)])
