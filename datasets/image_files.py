@@ -5,6 +5,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence, Tuple
 
+import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
@@ -12,6 +13,16 @@ from utils.errors import UsageError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 EVAL_SPLIT_NAMES = ("valid", "val", "test")
+
+
+def sample_index(key) -> int:
+    """A sampler key is an index, or (index, seed): then that sample's augmentation is drawn
+    from `seed`, so it does not depend on the loader worker that happens to make it."""
+    if isinstance(key, tuple):
+        index, seed = key
+        torch.default_generator.manual_seed(seed)
+        return index
+    return key
 
 
 class BadImageError(UsageError):
@@ -41,7 +52,8 @@ class ImageFileDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        index = sample_index(key)
         path = self.paths[index]
         try:
             with Image.open(path) as img:

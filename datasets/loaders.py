@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from datasets.image_files import collate_fn_for
+from datasets.image_files import collate_fn_for, sample_index
 from utils.losses import class_balance_weights
 
 
@@ -26,7 +26,8 @@ class ImageArrayDataset(Dataset):
     def __len__(self) -> int:
         return len(self.targets)
 
-    def __getitem__(self, index: int):
+    def __getitem__(self, key):
+        index = sample_index(key)
         image = Image.fromarray(self.images[index])
         if self.transform is not None:
             image = self.transform(image)
@@ -74,17 +75,25 @@ class EpochSampler(Sampler[int]):
     def shard_size(self) -> int:
         return -(-self.size // self.world)
 
-    def indices(self) -> torch.Tensor:
-        g = epoch_generator(self.seed, self.stream, self.epoch)
-        if self.weights is None:
-            full = torch.randperm(self.size, generator=g)
-        else:
-            full = torch.multinomial(self.weights, self.size, replacement=True, generator=g)
+    def _shard(self, full: torch.Tensor) -> torch.Tensor:
         padded = torch.cat([full, full[: self.shard_size * self.world - self.size]])
         return padded[self.rank::self.world]
 
-    def __iter__(self) -> Iterator[int]:
-        return iter(self.indices()[self.start:].tolist())
+    def indices(self) -> torch.Tensor:
+        g = epoch_generator(self.seed, self.stream, self.epoch)
+        if self.weights is None:
+            return self._shard(torch.randperm(self.size, generator=g))
+        return self._shard(torch.multinomial(self.weights, self.size, replacement=True, generator=g))
+
+    def sample_seeds(self) -> torch.Tensor:
+        """One augmentation seed per position of this shard's epoch."""
+        g = epoch_generator(self.seed, 10 + self.stream, self.epoch)
+        return self._shard(torch.randint(0, 2 ** 62, (self.size,), generator=g))
+
+    def __iter__(self) -> Iterator:
+        """(index, augmentation seed) pairs: the views of a sample depend only on (seed, epoch, position)."""
+        pairs = zip(self.indices()[self.start:].tolist(), self.sample_seeds()[self.start:].tolist())
+        return iter(pairs)
 
     def __len__(self) -> int:
         return self.shard_size - self.start
@@ -106,22 +115,24 @@ class TrainLoader:
 
     Both samplers draw as many images as the data set has, so the two loaders
     have the same length and the partner batch always matches the original's size.
+    Every sample's augmentation comes from its own seed, so the batches do not depend
+    on the number of loader workers, and a run resumed mid-epoch replays them exactly.
     """
 
     def __init__(self, dataset: Dataset, counts: Sequence[int], batch_size: int, resample_power: Optional[float],
                  workers: int, seed: int, pin_memory: bool = False, rank: int = 0, world: int = 1) -> None:
-        self.seed, self.batch_size, self.dataset, self.rank = seed, batch_size, dataset, rank
+        self.batch_size, self.dataset = batch_size, dataset
         self.samplers = make_samplers(dataset.targets, counts, resample_power, seed, rank, world)
+        # Own generator: making the workers' base seed leaves the global random stream alone.
         self.loaders = [DataLoader(dataset, batch_size=batch_size, sampler=s, num_workers=workers,
-                                   pin_memory=pin_memory, generator=torch.Generator(), collate_fn=collate_fn_for(dataset))
-                        for s in self.samplers]
+                                   pin_memory=pin_memory, collate_fn=collate_fn_for(dataset),
+                                   generator=torch.Generator()) for s in self.samplers]
 
     def __len__(self) -> int:
         return -(-self.samplers[0].shard_size // self.batch_size)
 
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Tuple]:
         """Tuples (original batch[, partner batch]) of `epoch`, starting after `skip_batches`."""
-        for stream, (sampler, loader) in enumerate(zip(self.samplers, self.loaders)):
+        for sampler in self.samplers:
             sampler.set_epoch(epoch, skip_batches * self.batch_size)
-            loader.generator.manual_seed(derived_seed(self.seed, 2 + stream, epoch, self.rank))
         return zip(*self.loaders)

@@ -108,12 +108,40 @@ def test_paired_loader_yields_two_views_and_resamples_tail():
 def test_epoch_sampler_is_a_function_of_seed_and_epoch_and_skips_exactly():
     s = EpochSampler(50, seed=3, stream=0)
     s.set_epoch(4)
-    full = list(s)
-    assert sorted(full) == list(range(50))
+    full = list(s)  # (index, augmentation seed) pairs
+    assert sorted(i for i, _ in full) == list(range(50)) and len({seed for _, seed in full}) == 50
     s.set_epoch(5)
     assert list(s) != full
     s.set_epoch(4, start=20)
     assert list(s) == full[20:] and len(s) == 30
     assert list(EpochSampler(50, seed=3, stream=0)) == list(EpochSampler(50, seed=3, stream=0))
     w = EpochSampler(50, seed=3, stream=1, weights=torch.ones(50, dtype=torch.float64))
-    assert len(list(w)) == 50 and len(set(w)) < 50  # with replacement
+    assert len(w.indices()) == 50 and len(set(w.indices().tolist())) < 50  # with replacement
+
+
+def test_shards_cover_the_epoch_without_overlap():
+    shards = [EpochSampler(11, seed=3, stream=0, rank=r, world=3) for r in range(3)]
+    for s in shards:
+        s.set_epoch(2)
+    parts = [s.indices().tolist() for s in shards]
+    assert [len(p) for p in parts] == [4, 4, 4]  # padded to 12 by wrapping around
+    whole = EpochSampler(11, seed=3, stream=0)
+    whole.set_epoch(2)
+    order = whole.indices().tolist()
+    assert [x for trio in zip(*parts) for x in trio] == order + order[:1]
+
+
+def test_pil_batches_do_not_depend_on_the_number_of_workers():
+    images = np.random.RandomState(0).randint(0, 256, size=(40, 32, 32, 3), dtype=np.uint8)
+    labels = np.array([0] * 30 + [1] * 10)
+    ds = ImageArrayDataset(images, labels, TwoViews(cifar_train_transform("cifar10")))
+
+    def batches(workers):
+        loader = TrainLoader(ds, [30, 10], batch_size=8, resample_power=1.0, workers=workers, seed=0)
+        return list(loader.epoch(3, skip_batches=1))
+
+    single, pooled = batches(0), batches(2)
+    assert len(single) == len(pooled) == 4
+    for a, b in zip(single, pooled):
+        for (views_a, y_a), (views_b, y_b) in zip(a, b):
+            assert torch.equal(y_a, y_b) and all(torch.equal(u, v) for u, v in zip(views_a, views_b))

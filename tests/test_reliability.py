@@ -85,8 +85,11 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_root, mo
     assert torch.load(os.path.join(only_run(tmp_path / "runs"), "ckpt.pth.tar"), weights_only=False)["epoch"] == 1
 
 
-def test_sigterm_mid_epoch_in_a_subprocess_then_resume(tmp_path, data_root):
-    cmd = [sys.executable, "-u", os.path.join(ROOT, "main.py"), *TINY, "--root", data_root, "--epochs", "2"]
+@pytest.mark.parametrize("data_path", [["--data_path", "tensor"], ["--data_path", "pil", "-j", "2"]],
+                         ids=["tensor", "pil-2-workers"])
+def test_sigterm_mid_epoch_in_a_subprocess_then_resume(tmp_path, data_root, data_path):
+    cmd = [sys.executable, "-u", os.path.join(ROOT, "main.py"), *TINY, "--root", data_root, "--epochs", "2",
+           *data_path]
     # Uninterrupted reference run.
     ref = subprocess.run(cmd + ["--root_log", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr
