@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
 import numpy as np
@@ -121,14 +121,46 @@ def check_args(args: argparse.Namespace) -> None:
 
 @dataclass
 class EpochProgress:
-    """How far the current epoch got: batches done and running sums of the loss terms."""
+    """How far the current epoch got: batches done and running sums of the loss terms.
+
+    The sums may be device tensors during the epoch (no host sync per step).
+    """
 
     step: int = 0
     seen: int = 0
     sums: Dict[str, float] = field(default_factory=dict)
 
     def means(self) -> Dict[str, float]:
-        return {k: v / max(self.seen, 1) for k, v in self.sums.items()}
+        return {k: float(v) / max(self.seen, 1) for k, v in self.sums.items()}
+
+    def snapshot(self) -> Dict:
+        return {"step": self.step, "seen": self.seen, "sums": {k: float(v) for k, v in self.sums.items()}}
+
+
+class DivergenceWatch:
+    """Remembers the first step whose loss was not finite, without waiting for the device;
+    `check` (at progress lines and before anything is saved) stops the run if there was one."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
+        self.terms: Optional[torch.Tensor] = None
+        self.names: Tuple[str, ...] = ()
+
+    def update(self, step: int, loss: torch.Tensor, terms: Dict[str, torch.Tensor]) -> None:
+        values = torch.stack([v.float() for v in terms.values()])
+        new = ~torch.isfinite(loss.detach()) & (self.first_step < 0)
+        self.first_step = torch.where(new, step, self.first_step)
+        self.terms = values if self.terms is None else torch.where(new, values, self.terms)
+        self.names = tuple(terms)
+
+    def check(self, epoch: int, world: World, device: torch.device) -> None:
+        step = int(self.first_step)
+        (diverged,) = any_rank(world, [step >= 0], device)
+        if diverged:
+            values = ", ".join(f"{k} {v:.4g}" for k, v in zip(self.names, self.terms.tolist())) if step >= 0 else \
+                "on another process"
+            raise RunStopped(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: {values}. "
+                             "The run stopped without saving; the last checkpoint is left intact.", exit_code=3)
 
 
 def epoch_alpha(args, epoch: int) -> Optional[float]:
@@ -170,20 +202,18 @@ def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args,
     """One pass over the uniform loader (for GLMC each batch paired with a re-sampled one, SPEC §3, §5).
 
     Starts at `progress.step` and returns early, with `progress` up to date, when a stop is requested.
+    The host waits for the device only at progress lines (and, under torchrun, for the stop check).
     """
     model.train()
     start, seen_before, steps = time.time(), progress.seen, len(train_loader)
+    watch = DivergenceWatch(device)
     for batch in train_loader.epoch(epoch, skip_batches=progress.step):
         if any(part is None for part in batch):  # a batch of undecodable images only (--skip_bad_images)
             progress.step += 1
             continue
         with autocast(args.amp, device):
             loss, terms = step_loss(model, batch, epoch)
-        (diverged,) = any_rank(world, [not torch.isfinite(loss)], device)
-        if diverged:
-            values = ", ".join(f"{k} {float(v):.4g}" for k, v in terms.items())
-            raise RunStopped(f"non-finite loss at epoch {epoch + 1}, step {progress.step + 1}: {values}. "
-                             "Stopped before updating; the last checkpoint is left intact.", exit_code=3)
+        watch.update(progress.step, loss, terms)
         optimizer.zero_grad(set_to_none=True)
         if scaler is None:
             loss.backward()
@@ -194,10 +224,11 @@ def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args,
             scaler.update()
         n = min(len(part[1]) for part in batch)
         for k, v in terms.items():
-            progress.sums[k] = progress.sums.get(k, 0.0) + float(v) * n
+            progress.sums[k] = progress.sums.get(k, 0.0) + v * n
         progress.seen += n
         progress.step += 1
         if (progress.step - 1) % args.print_freq == 0 or progress.step == steps:
+            watch.check(epoch, world, device)
             rate = (progress.seen - seen_before) * world.size / (time.time() - start)
             log.print(f"epoch {epoch + 1}/{args.epochs} step {progress.step}/{steps} "
                       + " ".join(f"{k} {v:.4f}" for k, v in progress.means().items())
@@ -205,6 +236,7 @@ def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args,
         (stopping,) = any_rank(world, [stop.signum is not None], device)
         if stopping:
             break
+    watch.check(epoch, world, device)
     elapsed = time.time() - start
     stats = {**progress.means(), "alpha": epoch_alpha(args, epoch), "seconds": elapsed,
              "images_per_s": (progress.seen - seen_before) * world.size / max(elapsed, 1e-9)}
@@ -388,7 +420,7 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
             state = {"epoch": epochs_done, "arch": args.arch, "state_dict": unwrap(model).state_dict(),
                      "best_acc1": best_acc1, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "rng": rng_states(mix_rng), "in_epoch": asdict(in_epoch) if in_epoch else None,
+                     "rng": rng_states(mix_rng), "in_epoch": in_epoch.snapshot() if in_epoch else None,
                      "args": vars(args), "train_counts": data.train_counts, "run_dir": run_dir}
             save_checkpoint(state, ckpt_dir, is_best, every=20 if in_epoch is None else 0)
         return path
