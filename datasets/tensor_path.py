@@ -8,7 +8,7 @@ are the distributions of the PIL path's RandomCrop(32, padding=4) and
 RandomHorizontalFlip. The random draws of step s come from a generator seeded by
 (seed, epoch, s, rank), so a resumed run replays them exactly.
 """
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -35,15 +35,17 @@ def draw_crop_flip(n: int, gen: torch.Generator, pad: int = PAD) -> Tuple[torch.
 
 def crop_flip(images: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor,
               pad: int = PAD) -> torch.Tensor:
-    """The crops of the zero-padded images at (top, left), mirrored where `flip`; same dtype as `images`."""
-    n, _, h, w = images.shape
-    padded = F.pad(images, (pad, pad, pad, pad))
+    """The crops of the zero-padded images at (top, left), mirrored where `flip`; same dtype as `images`.
+
+    One gather over the flattened padded images, so it costs a single pass over the output.
+    """
+    n, c, h, w = images.shape
+    padded = F.pad(images, (pad, pad, pad, pad)).flatten(2)  # (n, c, (h + 2 pad) * (w + 2 pad))
+    cols = torch.arange(w, device=images.device)
+    cols = torch.where(flip[:, None], cols.flip(0), cols) + left[:, None]  # (n, w)
     rows = top[:, None] + torch.arange(h, device=images.device)  # (n, h)
-    cols = torch.arange(w, device=images.device).expand(n, w)
-    cols = torch.where(flip[:, None], cols.flip(1), cols) + left[:, None]  # (n, w)
-    batch = torch.arange(n, device=images.device)[:, None, None]
-    out = padded.permute(0, 2, 3, 1)[batch, rows[:, :, None], cols[:, None, :]]  # (n, h, w, c)
-    return out.permute(0, 3, 1, 2)
+    pixel = rows[:, :, None] * (w + 2 * pad) + cols[:, None, :]  # (n, h, w)
+    return padded.gather(2, pixel.view(n, 1, h * w).expand(n, c, h * w)).view(n, c, h, w)
 
 
 class Normalize:
@@ -71,9 +73,6 @@ class TensorTrainLoader:
     def __len__(self) -> int:
         return -(-self.samplers[0].shard_size // self.batch_size)
 
-    def augment(self, images: torch.Tensor, gen: torch.Generator) -> List[torch.Tensor]:
-        return [self.normalize(crop_flip(images, *draw_crop_flip(len(images), gen))) for _ in range(self.views)]
-
     def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[Tuple]:
         orders = []
         for sampler in self.samplers:
@@ -82,12 +81,13 @@ class TensorTrainLoader:
         gen = torch.Generator(device=self.device)
         for step in range(skip_batches, len(self)):
             gen.manual_seed(derived_seed(self.seed, 4, epoch, step, self.rank))
-            batch = []
-            for order in orders:
-                idx = order[step * self.batch_size:(step + 1) * self.batch_size]
-                views = self.augment(self.images[idx], gen)
-                batch.append((views if self.views == 2 else views[0], self.targets[idx]))
-            yield tuple(batch)
+            idx = [order[step * self.batch_size:(step + 1) * self.batch_size] for order in orders]
+            n, parts = len(idx[0]), len(idx)
+            images = self.images[torch.cat(idx)].repeat(self.views, 1, 1, 1)  # views x parts x n images
+            views = self.normalize(crop_flip(images, *draw_crop_flip(len(images), gen)))
+            views = views.view(self.views, parts, n, *views.shape[1:])
+            yield tuple(([views[v, j] for v in range(self.views)] if self.views == 2 else views[0, j],
+                         self.targets[idx[j]]) for j in range(parts))
 
 
 class TensorTestLoader:
