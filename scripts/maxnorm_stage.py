@@ -28,6 +28,7 @@ from utils.errors import UsageError  # noqa: E402
 from utils.maxnorm import extract_features, train_classifier_max_norm  # noqa: E402
 from utils.metrics import evaluate  # noqa: E402
 from utils.report import table  # noqa: E402
+from utils.run_log import write_json  # noqa: E402
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -70,7 +71,9 @@ def main(args: argparse.Namespace):
     atomic_save({**{k: v for k, v in checkpoint.items() if k in ("epoch", "arch", "args", "train_counts")},
                  "state_dict": model.state_dict(), "best_acc1": after["top1"],
                  "maxnorm_stage": {**vars(args), **stats}}, out)
-    print(f"MaxNorm stage: cap {stats['cap']:.4f}, {args.epochs} epochs; saved {out}")
+    report = out.replace(".pth.tar", "") + ".json"
+    write_json(report, {"checkpoint": out, **after, "maxnorm_stage": stats})
+    print(f"MaxNorm stage: cap {stats['cap']:.4f}, {args.epochs} epochs; saved {out} and {report}")
     print("before:\n" + table(before) + "\nafter:\n" + table(after))
     return before, after
 
