@@ -1,8 +1,9 @@
 """The data sets as torch Datasets and the paired training loaders (SPEC §3).
 
-Each epoch's sample order (and the seeds of the loader's workers) is a pure
+Each epoch's sample order, and each sample's augmentation seed, is a pure
 function of (seed, epoch), so a run resumed from a checkpoint, even one written
-mid-epoch, sees the same batches as an uninterrupted run.
+mid-epoch, sees the same batches as an uninterrupted run, whatever the number of
+loader workers.
 """
 from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 

@@ -1,4 +1,5 @@
 """Exact resume, interruption, divergence and bad input (exit code 2, a message naming the value)."""
+import json
 import os
 import pickle
 import signal
@@ -63,7 +64,7 @@ def test_resume_after_epoch_one_is_bit_identical(tmp_path, data_root, monkeypatc
     train_script.main(args_for("--root", data_root, "--epochs", "3", "--resume", run_dir))
     assert max_abs_diff(final_weights(run_dir), reference) == 0.0
     lines = open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()
-    assert [eval(line.replace("null", "None"))["epoch"] for line in lines] == [1, 2, 3]
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_root, monkeypatch):

@@ -75,13 +75,15 @@ def test_tensor_and_pil_paths_use_the_same_samples(data_root):
 
     args = train_script.get_args_parser().parse_args(TINY + ["--root", data_root])
     data = build_data(args)
+    args.data_path = "pil"
     pil_batches = list(build_loaders(data, args, torch.device("cpu"))[0].epoch(1))
     args.data_path = "tensor"
     tensor_batches = list(build_loaders(data, args, torch.device("cpu"))[0].epoch(1))
     assert len(pil_batches) == len(tensor_batches)
     for pil, tensor in zip(pil_batches, tensor_batches):
-        for (_, y_pil), (_, y_tensor) in zip(pil, tensor):
+        for ((v_pil, _), y_pil), ((v_tensor, _), y_tensor) in zip(pil, tensor):
             assert torch.equal(y_pil, y_tensor)
+            assert not torch.equal(v_pil, v_tensor)  # the two paths really differ in how views are made
 
 
 def torchrun(args, timeout=300):
