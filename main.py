@@ -4,37 +4,41 @@
         --lr 0.01 --epochs 200 -b 64 --momentum 0.9 --weight_decay 5e-3 --resample_weighting 0.0 \
         --label_weighting 1.2 --contrast_weight 4
 
-The method is described in ../shared/SPEC.md; flags keep the released spellings.
+Flags keep the released code's spellings. A run writes into its own run folder;
+`--resume <run folder>` continues it with the settings it started with.
 """
 import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 
-from datasets import CIFAR_INFO, DataBundle, build_data, build_loaders
+from datasets import CIFAR_INFO, DataBundle, build_data, build_loaders, canonical_dataset, data_seed
 from datasets.image_files import preflight
 from models import build_model, count_parameters
-from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint, unwrap
-from utils.config import add_data_and_model_args, check_common_args, run_cli, select_device
+from utils.checkpoint import first_non_finite, load_weights, read_checkpoint, save_checkpoint, unwrap
+from utils.config import FlagTrackingParser, add_data_and_model_args, check_common_args, run_cli, select_device
 from utils.distributed import World, any_rank, broadcast_object, close_world, init_world
-from utils.errors import RunStopped, UsageError
+from utils.errors import EXIT_DIVERGED, RunStopped, UsageError, WriteFailed
 from utils.interrupt import StopRequest
 from utils.losses import LossOptions, ce_loss, class_balance_weights, cumulative_alpha, glmc_loss, log_class_prior
 from utils.metrics import evaluate, format_group
 from utils.mixing import draw_mix
+from utils.progress import DivergenceWatch, EpochProgress
 from utils.rng import restore_rng_states, rng_states, seed_everything
-from utils.run_log import RunLog, library_versions, run_name, write_json
+from utils.run_log import RunLog, library_versions, write_json
+from utils.runs import (RunLock, adopt_checkpoint_args, append_metrics, check_resumable, checkpoint_description,
+                        defining_flags, describe_run, new_run_folder, remove_temporaries, repair_records,
+                        resume_checkpoint_path, resume_command, resumed_folders, run_folder_name, variant_tag)
 from utils.schedule import build_scheduler, lr_factor
 from utils.speed import autocast, grad_scaler, prepare_model
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train GLMC on a long-tailed data set", add_help=True)
+    parser = FlagTrackingParser(description="Train GLMC on a long-tailed data set", add_help=True)
     add_data_and_model_args(parser)
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=200, help="training epochs")
@@ -77,7 +81,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--fixed_alpha", type=float, default=None,
                    help="no cumulative schedule: alpha fixed at this value (1 = balance term only)")
     g.add_argument("--seeds", default=None,
-                   help="comma-separated seeds, e.g. 1,2,3: one run per seed, in sibling run folders")
+                   help="comma-separated seeds, e.g. 1,2,3: one run per seed, in sibling run folders; the "
+                        "training images follow each seed unless --data_seed fixes them")
     g = parser.add_argument_group("speed and scale")
     g.add_argument("--data_path", default="tensor", choices=["tensor", "pil"],
                    help="CIFAR only: 'tensor' makes the crops and flips as batched tensor operations on the "
@@ -92,11 +97,14 @@ def get_args_parser() -> argparse.ArgumentParser:
     g = parser.add_argument_group("run")
     g.add_argument("-p", "--print_freq", type=int, default=50, help="print a progress line every N steps")
     g.add_argument("--root_log", default="runs", help="parent folder of run folders (logs, args.json)")
+    g.add_argument("--name", default=None,
+                   help="run folder name (default: data set, network, IF, method, seed and start time); "
+                        "a name that is taken gets a suffix -2, -3, ...")
     g.add_argument("--root_model", default=None,
                    help="parent folder for checkpoints (default: the run folder itself)")
     g.add_argument("--resume", default=None,
-                   help="continue a run: a checkpoint, or a run folder (its latest checkpoint); "
-                        "logs and metrics.jsonl are appended in the same run folder")
+                   help="continue a run: its run folder (or its ckpt.pth.tar). The run keeps the settings it "
+                        "started with; only operational flags (-j, -p, --gpu, --root, ...) may change")
     g.add_argument("--dry_run", action="store_true",
                    help="build data, loaders and model, print the configuration, write args.json, then exit")
     g.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard scalars")
@@ -117,50 +125,6 @@ def check_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--fixed_alpha {args.fixed_alpha} must lie in [0, 1]")
     if args.print_freq <= 0:
         raise UsageError(f"-p/--print_freq {args.print_freq} must be positive")
-
-
-@dataclass
-class EpochProgress:
-    """How far the current epoch got: batches done and running sums of the loss terms.
-
-    The sums may be device tensors during the epoch (no host sync per step).
-    """
-
-    step: int = 0
-    seen: int = 0
-    sums: Dict[str, float] = field(default_factory=dict)
-
-    def means(self) -> Dict[str, float]:
-        return {k: float(v) / max(self.seen, 1) for k, v in self.sums.items()}
-
-    def snapshot(self) -> Dict:
-        return {"step": self.step, "seen": self.seen, "sums": {k: float(v) for k, v in self.sums.items()}}
-
-
-class DivergenceWatch:
-    """Remembers the first step whose loss was not finite, without waiting for the device;
-    `check` (at progress lines and before anything is saved) stops the run if there was one."""
-
-    def __init__(self, device: torch.device) -> None:
-        self.first_step = torch.full((), -1, dtype=torch.long, device=device)
-        self.terms: Optional[torch.Tensor] = None
-        self.names: Tuple[str, ...] = ()
-
-    def update(self, step: int, loss: torch.Tensor, terms: Dict[str, torch.Tensor]) -> None:
-        values = torch.stack([v.float() for v in terms.values()])
-        new = ~torch.isfinite(loss.detach()) & (self.first_step < 0)
-        self.first_step = torch.where(new, step, self.first_step)
-        self.terms = values if self.terms is None else torch.where(new, values, self.terms)
-        self.names = tuple(terms)
-
-    def check(self, epoch: int, world: World, device: torch.device) -> None:
-        step = int(self.first_step)
-        (diverged,) = any_rank(world, [step >= 0], device)
-        if diverged:
-            values = ", ".join(f"{k} {v:.4g}" for k, v in zip(self.names, self.terms.tolist())) if step >= 0 else \
-                "on another process"
-            raise RunStopped(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: {values}. "
-                             "The run stopped without saving; the last checkpoint is left intact.", exit_code=3)
 
 
 def epoch_alpha(args, epoch: int) -> Optional[float]:
@@ -247,72 +211,28 @@ def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args,
     return stats
 
 
-def log_epoch(log: RunLog, epoch: int, epochs: int, lr: float, train_stats: Dict, result: Dict,
-              best_acc1: float) -> None:
-    """The epoch's test line, its metrics.jsonl record and its TensorBoard scalars."""
+def epoch_record(epoch: int, lr: float, train_stats: Dict, result: Dict, best_acc1: float) -> Dict:
+    """The epoch's line of metrics.jsonl (also stored in the checkpoint that ends the epoch)."""
+    tested = {k: result[k] for k in ("top1", "top5", "many", "medium", "few", "test_images")}
+    return {"epoch": epoch + 1, "lr": lr, **train_stats, **tested, "best_acc1": best_acc1}
+
+
+def log_epoch(log: RunLog, epochs: int, record: Dict, shot_rule: str) -> None:
+    """The epoch's test line and its TensorBoard scalars."""
     groups = ("many", "medium", "few")
-    log.print(f"epoch {epoch + 1}/{epochs} test top-1 {result['top1']:.2f} top-5 {result['top5']:.2f} "
-              + " ".join(f"{g} {format_group(result[g])}" for g in groups)
-              + f" ({result['shot_rule']} rule) best {best_acc1:.2f} [{train_stats['seconds']:.1f} s train]")
-    tested = {k: result[k] for k in ("top1", "top5", *groups, "test_images")}
-    log.epoch_record({"epoch": epoch + 1, "lr": lr, **train_stats, **tested, "best_acc1": best_acc1})
-    log.scalars({f"train/{k}": train_stats.get(k) for k in ("loss", "balance", "rebalance", "consistency")}
-                | {"train/lr": lr, "train/alpha": train_stats["alpha"]}
-                | {f"test/{k}": tested[k] for k in ("top1", "top5", *groups)}, epoch + 1)
+    log.print(f"epoch {record['epoch']}/{epochs} test top-1 {record['top1']:.2f} top-5 {record['top5']:.2f} "
+              + " ".join(f"{g} {format_group(record[g])}" for g in groups)
+              + f" ({shot_rule} rule) best {record['best_acc1']:.2f} [{record['seconds']:.1f} s train]")
+    log.scalars({f"train/{k}": record.get(k) for k in ("loss", "balance", "rebalance", "consistency", "lr", "alpha")}
+                | {f"test/{k}": record[k] for k in ("top1", "top5", *groups)}, record["epoch"])
 
 
 def eval_head(args) -> str:
     return "fc" if args.method == "ce" else "fc_cb"
 
 
-def variant_tag(args) -> str:
-    """The method and every switch that differs from the released GLMC, e.g. 'glmc-nocons'."""
-    if args.method == "ce":
-        return "ce"
-    switches = [("no_global_mix", "noglobal"), ("no_local_mix", "nolocal"), ("no_consistency", "nocons"),
-                ("no_reweight", "noreweight"), ("balanced_softmax", "bs")]
-    parts = ["glmc"] + [tag for flag, tag in switches if getattr(args, flag)]
-    if args.fixed_alpha is not None:
-        parts.append(f"alpha{args.fixed_alpha:g}")
-    parts += [tag for flag, value, tag in [("lambda_dist", "beta", "beta"), ("local_label", "area", "area"),
-                                           ("mix_reduction", "mean", "mean")] if getattr(args, flag) == value]
-    return "-".join(parts)
-
-
-def make_run_folder(args) -> str:
-    name = run_name({"data": args.dataset, "arch": args.arch + (f"w{args.width}" if args.arch == "resnet32" else ""),
-                     "IF": f"IF{round(1 / args.imbanlance_rate):g}" if args.dataset in CIFAR_INFO else None,
-                     "method": variant_tag(args),
-                     "seed": f"s{args.seed}",
-                     "split": None if args.split == "released" else args.split})
-    folder = os.path.join(args.root_log, name)
-    try:
-        os.makedirs(folder, exist_ok=False)
-    except OSError as exc:
-        raise UsageError(f"cannot create run folder {folder!r} under --root_log: {exc.strerror}") from exc
-    return folder
-
-
-def resolve_resume(path: str) -> str:
-    """A checkpoint file, or a run folder meaning its latest checkpoint."""
-    if os.path.isdir(path):
-        latest = os.path.join(path, "ckpt.pth.tar")
-        if not os.path.isfile(latest):
-            raise UsageError(f"--resume {path!r} is a folder without ckpt.pth.tar")
-        return latest
-    return path
-
-
-def resume_command(checkpoint_path: str) -> str:
-    argv = list(sys.argv[1:])
-    if "--resume" in argv:
-        i = argv.index("--resume")
-        del argv[i:i + 2]
-    return " ".join(["python", "main.py", *argv, "--resume", checkpoint_path])
-
-
 def describe(args, data: DataBundle, n_params: int, log: RunLog) -> None:
-    log.print("configuration: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items())))
+    log.print("configuration: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items()) if k != "given_flags"))
     counts = data.train_counts
     shown = str(counts) if len(counts) <= 100 else (
         f"{counts[:10]} ... {counts[-10:]} (max {max(counts)}, min {min(counts)}; all {len(counts)} in args.json)")
@@ -320,19 +240,46 @@ def describe(args, data: DataBundle, n_params: int, log: RunLog) -> None:
     log.print(f"test images: {len(data.test)}; parameters: {n_params:,}")
 
 
-def open_run_folder(args, checkpoint: Optional[Dict], world: World) -> Tuple[str, str]:
-    """(run folder, checkpoint folder): made by rank 0 (or the resumed run's), shared with every rank."""
+def read_resume_checkpoint(args: argparse.Namespace) -> Optional[Dict]:
+    """The checkpoint `--resume` names, with the run's settings applied to `args` (None for a new run).
+
+    Nothing is written: a bad checkpoint or a contradicting flag stops before the run folder is touched.
+    """
+    if not args.resume:
+        return None
+    args.resume = resume_checkpoint_path(args.resume)
+    checkpoint = read_checkpoint(args.resume)
+    check_resumable(checkpoint, args.resume)
+    description = checkpoint_description(checkpoint)
+    if description:
+        adopt_checkpoint_args(args, description["args"], defining_flags(args, description["args"]),
+                              f"checkpoint {args.resume!r}",
+                              "A resumed run keeps the settings it started with (a cosine schedule cannot be "
+                              "stretched and the training set cannot change): leave the flag out, or start a new "
+                              "run to change it",
+                              canonical={"dataset": canonical_dataset})
+    return checkpoint
+
+
+def open_run_folder(args, checkpoint: Optional[Dict], world: World):
+    """(run folder, checkpoint folder, lock): a new folder made by rank 0 or the resumed run's, shared
+    with every rank; rank 0 holds the folder's lock and clears what an interrupted process left."""
     if checkpoint:
-        run_dir = checkpoint.get("run_dir", os.path.dirname(os.path.abspath(args.resume)))
+        run_dir, ckpt_dir = resumed_folders(args.resume, checkpoint.get("run_dir"))
     else:
-        run_dir = broadcast_object(world, make_run_folder(args) if world.is_main else None)
-    ckpt_dir = os.path.join(args.root_model, os.path.basename(run_dir)) if args.root_model else run_dir
+        run_dir = broadcast_object(world, new_run_folder(args.root_log, run_folder_name(args, args.dataset in
+                                                                                        CIFAR_INFO))
+                                   if world.is_main else None)
+        ckpt_dir = os.path.join(args.root_model, os.path.basename(run_dir)) if args.root_model else run_dir
+    lock = RunLock(run_dir)
     if world.is_main:
+        lock.acquire()
         try:
             os.makedirs(ckpt_dir, exist_ok=True)
         except OSError as exc:
+            lock.release()
             raise UsageError(f"cannot create checkpoint folder {ckpt_dir!r}: {exc.strerror}") from exc
-    return run_dir, ckpt_dir
+    return run_dir, ckpt_dir, lock
 
 
 def main(args: argparse.Namespace) -> Optional[Dict]:
@@ -348,6 +295,12 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
     if args.batch_size % world.size:
         raise UsageError(f"-b/--batch_size {args.batch_size} (the global batch) is not divisible by the "
                          f"{world.size} processes")
+    checkpoint = read_resume_checkpoint(args)
+    args.data_seed = data_seed(args)
+    if checkpoint and checkpoint["epoch"] >= args.epochs and not checkpoint.get("in_epoch"):
+        print(f"run {os.path.dirname(os.path.abspath(args.resume))} is finished ({checkpoint['epoch']}/{args.epochs} "
+              f"epochs, best top-1 {checkpoint['best_acc1']:.2f}); nothing to resume")
+        return None
     seed_everything(args.seed)
     if world.enabled and torch.cuda.is_available() and world.local_rank >= torch.cuda.device_count():
         raise UsageError(f"torchrun started more processes per node than this machine has GPUs "
@@ -355,31 +308,54 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
     device = select_device(world.local_rank if world.enabled and torch.cuda.is_available() else args.gpu)
     data = build_data(args, views=1 if args.method == "ce" else 2)
     args.num_classes = data.num_classes
+    description = describe_run(args, data.train_counts, data.class_names, data.fingerprint, variant_tag(args),
+                               eval_head(args))
+    if checkpoint:
+        trained_on = (checkpoint_description(checkpoint) or {}).get("train_fingerprint")
+        if trained_on and trained_on != data.fingerprint:
+            raise UsageError(f"the training set built from --root {args.root!r} is not the one checkpoint "
+                             f"{args.resume!r} was trained on (other images or labels); point --root at that data")
     preflight_note = None
     if data.files:  # a broken data setup is reported in seconds, before anything is written
         start = time.time()
         preflight_note = preflight(data.files) + f" ({time.time() - start:.1f} s)"
     model = build_model(args.arch, data.num_classes, args.width)
     n_params = count_parameters(model)
-    checkpoint = None
-    if args.resume:  # validate before anything is written to the existing run folder
-        args.resume = resolve_resume(args.resume)
-        checkpoint = read_checkpoint(args.resume)
+    if checkpoint:
         load_weights(model, checkpoint["state_dict"], args.resume)
-        if "optimizer" not in checkpoint:
-            raise UsageError(f"--resume {args.resume!r} holds weights only (no optimizer state); "
-                             "evaluate it with test.py instead")
 
-    run_dir, ckpt_dir = open_run_folder(args, checkpoint, world)
-    log = RunLog(run_dir if world.is_main else None, tensorboard=not (args.no_tensorboard or args.dry_run),
-                 echo=world.is_main)
+    run_dir, ckpt_dir, lock = open_run_folder(args, checkpoint, world)
+    log = None
+    try:
+        log = RunLog(run_dir if world.is_main else None, tensorboard=not (args.no_tensorboard or args.dry_run),
+                     echo=world.is_main)
+        return run(args, world, device, data, model, n_params, checkpoint, description, run_dir, ckpt_dir, log,
+                   preflight_note)
+    except (UsageError, RunStopped) as exc:
+        if log:
+            log.last_words(f"error: {exc}" if isinstance(exc, UsageError) else str(exc))
+        raise
+    finally:
+        if log:
+            log.close()
+        lock.release()
+
+
+def run(args, world: World, device: torch.device, data: DataBundle, model, n_params: int, checkpoint: Optional[Dict],
+        description: Dict, run_dir: str, ckpt_dir: str, log: RunLog, preflight_note: Optional[str]) -> Optional[Dict]:
+    """The epochs of a run whose folder is open and locked."""
     log.print(f"run folder: {run_dir}; device: {device}" + (f"; {world.size} processes" if world.enabled else ""))
+    if world.is_main:
+        for name in remove_temporaries(ckpt_dir):
+            log.print(f"removed {name}, left by an interrupted checkpoint write")
+        if checkpoint:
+            for note in repair_records(run_dir, args.resume, checkpoint):
+                log.print(note)
     describe(args, data, n_params, log)
     if not checkpoint and world.is_main:
         write_json(os.path.join(run_dir, "args.json"), {
-            "args": vars(args), "variant": variant_tag(args), "eval_head": eval_head(args),
-            "train_counts": data.train_counts, "class_names": data.class_names, "parameters": n_params,
-            "world_size": world.size, "versions": library_versions(), "command": " ".join(sys.argv)})
+            **description, "parameters": n_params, "world_size": world.size, "versions": library_versions(),
+            "checkpoint_dir": ckpt_dir, "command": " ".join(["python", "main.py", *sys.argv[1:]])})
     train_loader, test_loader = build_loaders(data, args, device, world.rank, world.size)
     if preflight_note:
         log.print(preflight_note)
@@ -388,7 +364,6 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
         log.print("learning rate per epoch: " + ", ".join(f"{e + 1}: {args.lr * factor(e):.5g}"
                                                           for e in range(args.epochs)))
         log.print(f"dry run: {len(train_loader)} steps per epoch; data, loaders and model built; exiting")
-        log.close()
         return None
 
     model = prepare_model(model, device, world, args.channels_last, args.sync_bn, args.compile,
@@ -399,7 +374,7 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
     scaler = grad_scaler(args.amp, device)
     mix_rng = np.random.default_rng(args.seed)
     step_loss = build_step_loss(args, data.train_counts, data.image_size, device, mix_rng)
-    best_acc1, start_epoch, progress = 0.0, args.start_epoch, EpochProgress()
+    best_acc1, best_epoch, start_epoch, progress = 0.0, None, args.start_epoch, EpochProgress()
     if checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
@@ -407,54 +382,69 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
             scaler.load_state_dict(checkpoint["scaler"])
         restore_rng_states(checkpoint["rng"], mix_rng)
         best_acc1, start_epoch = checkpoint["best_acc1"], checkpoint["epoch"]
+        best_epoch = checkpoint.get("best_epoch", start_epoch if start_epoch else None)
         progress = EpochProgress(**checkpoint.get("in_epoch") or {})
         where = f"epoch {start_epoch + 1}, step {progress.step + 1}" if progress.step else f"epoch {start_epoch + 1}"
         log.print(f"resumed from {args.resume}: continuing at {where} (best top-1 so far {best_acc1:.2f})")
     else:
         for _ in range(start_epoch):
             scheduler.step()
+    again = resume_command(run_dir, sys.argv[1:])
 
-    def save(epochs_done: int, is_best: bool, in_epoch: Optional[EpochProgress] = None) -> str:
-        path = os.path.join(ckpt_dir, "ckpt.pth.tar")
+    def save(epochs_done: int, is_best: bool, record: Optional[Dict] = None,
+             in_epoch: Optional[EpochProgress] = None) -> None:
+        """Refuses non-finite weights or BatchNorm statistics; a failed write keeps the last checkpoint."""
+        state_dict = unwrap(model).state_dict()
+        bad = first_non_finite(state_dict)
+        (diverged,) = any_rank(world, [bad is not None], device)
+        if diverged:
+            raise RunStopped(f"non-finite values in {bad or 'the model of another process'} at epoch "
+                             f"{epochs_done + (1 if in_epoch else 0)}: the run diverged (is --lr too large?). "
+                             "Nothing was saved; the last checkpoint is left intact.", EXIT_DIVERGED)
         if world.is_main:
-            state = {"epoch": epochs_done, "arch": args.arch, "state_dict": unwrap(model).state_dict(),
-                     "best_acc1": best_acc1, "optimizer": optimizer.state_dict(),
+            state = {"epoch": epochs_done, "arch": args.arch, "state_dict": state_dict, "best_acc1": best_acc1,
+                     "best_epoch": best_epoch, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                      "rng": rng_states(mix_rng), "in_epoch": in_epoch.snapshot() if in_epoch else None,
-                     "args": vars(args), "train_counts": data.train_counts, "run_dir": run_dir}
+                     "record": record, "run": description, "run_dir": run_dir}
             save_checkpoint(state, ckpt_dir, is_best, every=20 if in_epoch is None else 0)
-        return path
 
     result = None
-    with StopRequest() as stop:
+    with StopRequest(also=log.to_file) as stop:
         try:
             for epoch in range(start_epoch, args.epochs):
                 lr = optimizer.param_groups[0]["lr"]
                 train_stats = train_one_epoch(model, optimizer, train_loader, step_loss, epoch, args, log,
                                               progress, stop, device, world, scaler)
                 if progress.step < len(train_loader):  # stopped by a signal mid-epoch
-                    path = save(epoch, False, progress)
+                    save(epoch, False, in_epoch=progress)
                     raise RunStopped(f"stopped by {stop.name or 'a signal to another process'} at epoch {epoch + 1}, "
-                                     f"step {progress.step}/{len(train_loader)}; {path} resumes mid-epoch at step "
-                                     f"{progress.step + 1}:\n  {resume_command(path)}", stop.exit_code)
+                                     f"step {progress.step}/{len(train_loader)}; the run resumes mid-epoch at step "
+                                     f"{progress.step + 1}:\n  {again}", stop.exit_code)
                 progress = EpochProgress()
                 scheduler.step()
-                with autocast(args.amp, device):
-                    result = evaluate(model, test_loader, device, data.train_counts, args.shot_rule,
-                                      eval_head(args), world)
-                is_best = result["top1"] > best_acc1
-                best_acc1 = max(best_acc1, result["top1"])
-                path = save(epoch + 1, is_best)
-                log_epoch(log, epoch, args.epochs, lr, train_stats, result, best_acc1)
+                result = evaluate(model, test_loader, device, data.train_counts, args.shot_rule, eval_head(args),
+                                  world)
+                is_best = best_epoch is None or result["top1"] > best_acc1
+                if is_best:
+                    best_acc1, best_epoch = result["top1"], epoch + 1
+                record = epoch_record(epoch, lr, train_stats, result, best_acc1)
+                save(epoch + 1, is_best, record)  # the latest checkpoint first: it marks the epoch done
+                if world.is_main:
+                    append_metrics(os.path.join(run_dir, "metrics.jsonl"), record)
+                log_epoch(log, args.epochs, record, args.shot_rule)
                 (stopping,) = any_rank(world, [stop.signum is not None], device)
                 if stopping and epoch + 1 < args.epochs:
                     raise RunStopped(f"stopped by {stop.name or 'a signal to another process'} after epoch "
-                                     f"{epoch + 1}; {path} resumes at the epoch boundary (epoch {epoch + 2}):\n"
-                                     f"  {resume_command(path)}", stop.exit_code)
+                                     f"{epoch + 1}; the run resumes at the epoch boundary (epoch {epoch + 2}):\n"
+                                     f"  {again}", stop.exit_code)
             if result is not None:
-                log.print(f"done: best top-1 {best_acc1:.2f}, last top-1 {result['top1']:.2f}")
-        finally:
-            log.close()
+                log.print(f"done: best top-1 {best_acc1:.2f} (epoch {best_epoch}), last top-1 {result['top1']:.2f}")
+        except WriteFailed as exc:
+            has_checkpoint = os.path.isfile(os.path.join(ckpt_dir, "ckpt.pth.tar"))
+            advice = (f"The last good checkpoint is kept; once fixed, continue with:\n  {again}" if has_checkpoint
+                      else "The run had no checkpoint yet; start it again once fixed")
+            raise WriteFailed(exc.path, exc.cause, advice) from exc
     return result
 
 
@@ -469,8 +459,8 @@ def main_seeds(args: argparse.Namespace) -> None:
         raise UsageError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 1,2,3") from None
     if args.resume:
         raise UsageError("--seeds cannot be combined with --resume; resume each run folder on its own")
-    for seed in seeds:
-        main(argparse.Namespace(**{**vars(args), "seed": seed, "seeds": None}))
+    for seed in seeds:  # the data seed follows each seed unless --data_seed fixed it
+        main(argparse.Namespace(**{**vars(args), "seed": seed}))
 
 
 if __name__ == "__main__":

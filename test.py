@@ -1,37 +1,77 @@
 """Evaluate a GLMC checkpoint (ours, or a released one with `module.` keys) on the test set.
 
-    python test.py --dataset cifar10 -a resnet32 --num_classes 10 --resume runs/<run>/ckpt.best.pth.tar \
+    python test.py --resume runs/<run>            # the run's best checkpoint; settings from the checkpoint
+    python test.py --dataset ImageNet-LT -a resnext50_32x4d --num_classes 1000 --resume model_path
         [--head fc] [--max_norm 0.1] [--logit_adjust 1.0] [--json report.json] [--plot per_class.png]
+
+A checkpoint written by main.py describes its run (network, width, data set, the
+training set's class counts): flags left out are taken from it, and a flag that
+contradicts it stops with exit 2. Released checkpoints are evaluated from the flags.
+The JSON report goes to <run>/eval/ by default.
 """
 import argparse
 import os
-from typing import Dict
+from typing import Dict, Optional
 
-from datasets import build_data, build_test_loader
-from utils.checkpoint import model_from_checkpoint, read_checkpoint
-from utils.config import add_data_and_model_args, check_common_args, run_cli, select_device
-from utils.errors import UsageError
+from datasets import build_data, build_test_loader, canonical_dataset
+from utils.checkpoint import BEST, LATEST, model_from_checkpoint, read_checkpoint
+from utils.config import FlagTrackingParser, add_data_and_model_args, check_common_args, run_cli, select_device
+from utils.errors import UsageError, writing
 from utils.losses import log_class_prior
 from utils.maxnorm import max_norm_threshold, project_rows_
 from utils.metrics import predict, summarize
 from utils.report import confusion_cells, plot_per_class, table
 from utils.run_log import write_json
+from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_description,
+                        evaluation_checkpoint_path, run_folder_of)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Evaluate a GLMC checkpoint")
+    parser = FlagTrackingParser(description="Evaluate a GLMC checkpoint")
     add_data_and_model_args(parser)
     g = parser.add_argument_group("evaluation")
-    g.add_argument("--resume", required=True, help="checkpoint to evaluate (ckpt.pth.tar, ckpt.best.pth.tar, ...)")
+    g.add_argument("--resume", required=True,
+                   help="checkpoint to evaluate (ckpt.pth.tar, ckpt.best.pth.tar, ...), or a run folder: its "
+                        "best checkpoint")
     g.add_argument("--head", default="fc_cb", choices=["fc_cb", "fc"],
                    help="classifier to evaluate: fc_cb (re-balanced, as released) or fc")
     g.add_argument("--max_norm", type=float, default=None, metavar="THRESH",
                    help="post-hoc MaxNorm: cap the head's weight rows at min + THRESH * (max - min) of their norms")
     g.add_argument("--logit_adjust", type=float, default=None, metavar="TAU",
                    help="post-hoc logit adjustment (Menon et al. 2021): logits - TAU * log(training class prior)")
-    g.add_argument("--json", default=None, help="write the report (figures, per class, confusion matrix) as JSON")
+    g.add_argument("--json", default=None,
+                   help="write the report (figures, per class, confusion matrix) as JSON to this path (default: "
+                        "<run>/eval/<checkpoint>-<head>[-<post-hoc>].json when the checkpoint is in a run folder)")
     g.add_argument("--plot", default=None, help="draw per-class accuracy against training count as a PNG")
     return parser
+
+
+def checkpoint_label(path: str) -> str:
+    """'best', 'latest', 'epoch20' or the file's own name."""
+    name = os.path.basename(path)
+    if name == BEST:
+        return "best"
+    if name == LATEST:
+        return "latest"
+    stem = name[:-len(".pth.tar")] if name.endswith(".pth.tar") else os.path.splitext(name)[0]
+    return f"epoch{stem[:-len('_ckpt')]}" if stem.endswith("_ckpt") and stem[:-5].isdigit() else stem
+
+
+def report_kind(args: argparse.Namespace) -> str:
+    """The evaluation as a name: the head and any post-hoc method, e.g. 'fc_cb', 'fc_cb-la1'."""
+    parts = [args.head]
+    if args.max_norm is not None:
+        parts.append(f"cap{args.max_norm:g}")
+    if args.logit_adjust is not None:
+        parts.append(f"la{args.logit_adjust:g}")
+    return "-".join(parts)
+
+
+def default_report_path(checkpoint_path: str, args: argparse.Namespace) -> Optional[str]:
+    run_dir = run_folder_of(checkpoint_path)
+    if run_dir is None:
+        return None
+    return os.path.join(run_dir, "eval", f"{checkpoint_label(checkpoint_path)}-{report_kind(args)}.json")
 
 
 def main(args: argparse.Namespace) -> Dict:
@@ -42,10 +82,21 @@ def main(args: argparse.Namespace) -> Dict:
         path = getattr(args, flag)
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise UsageError(f"--{flag} {path!r}: its folder does not exist")
+    path = evaluation_checkpoint_path(args.resume)
+    checkpoint = read_checkpoint(path)  # a bad checkpoint is reported before the data is read
+    description = checkpoint_description(checkpoint)
+    if description:
+        adopt_checkpoint_args(args, description["args"], MODEL_AND_DATA_FLAGS, f"checkpoint {path!r}",
+                              "test.py takes the network and the data settings from the checkpoint: leave the "
+                              "flag out",
+                              canonical={"dataset": canonical_dataset})
     device = select_device(args.gpu)
-    checkpoint = read_checkpoint(args.resume)  # a bad checkpoint is reported before the data is read
-    data = build_data(args)
-    model = model_from_checkpoint(checkpoint, args.resume, args.arch, data.num_classes, args.width)
+    data = build_data(args, views=1)
+    trained_counts = (description or {}).get("train_counts")
+    if trained_counts and list(trained_counts) != data.train_counts:
+        raise UsageError(f"the training set under --root {args.root!r} has class counts {data.train_counts}, but "
+                         f"checkpoint {path!r} was trained on {list(trained_counts)}")
+    model = model_from_checkpoint(checkpoint, path, args.arch, data.num_classes, args.width)
     head = getattr(model, args.head)
     if args.max_norm is not None:
         project_rows_(head.weight, max_norm_threshold(head.weight, args.max_norm))
@@ -56,13 +107,19 @@ def main(args: argparse.Namespace) -> Dict:
     result = {**summarize(preds, targets, data.train_counts, args.shot_rule), "head": args.head,
               "max_norm": args.max_norm, "logit_adjust": args.logit_adjust}
     epoch = checkpoint.get("epoch", "?")
-    print(f"checkpoint {args.resume} (epoch {epoch}) on the {args.dataset} test set, {len(data.test)} images"
+    print(f"checkpoint {path} (epoch {epoch}) on the {args.dataset} test set, {len(data.test)} images"
           + (f"; MaxNorm {args.max_norm}" if args.max_norm is not None else "")
           + (f"; logit adjustment tau {args.logit_adjust}" if args.logit_adjust is not None else ""))
     print(table(result))
-    if args.json:
-        write_json(args.json, {"checkpoint": args.resume, "epoch": epoch, **result, "train_counts": data.train_counts,
-                               "confusion": confusion_cells(preds[:, 0], targets, data.num_classes)})
+    report_path = args.json or default_report_path(path, args)
+    if report_path:
+        with writing(report_path):
+            os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
+        write_json(report_path, {"kind": "test.py", "evaluation": report_kind(args), "checkpoint": path,
+                                 "checkpoint_label": checkpoint_label(path), "epoch": epoch, **result,
+                                 "train_counts": data.train_counts,
+                                 "confusion": confusion_cells(preds[:, 0], targets, data.num_classes)})
+        print(f"report written to {report_path}")
     if args.plot:
         plot_per_class(result["per_class"], data.train_counts, args.shot_rule, args.plot,
                        title=f"{args.dataset} {args.head} top-1 {result['top1']:.2f}")

@@ -1,8 +1,10 @@
-"""Data sets for GLMC: `build_data(args)` returns the training and test sets and the class counts (SPEC §2)."""
+"""Data sets for GLMC: `build_data(args)` returns the training and test sets and the class counts."""
+import hashlib
 import os
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
@@ -35,6 +37,33 @@ class DataBundle:
     image_size: int
     class_names: Optional[List[str]] = None
     files: List[Tuple[str, List[str]]] = field(default_factory=list)  # (name, paths) for the preflight check
+    fingerprint: str = ""  # identifies the training images and labels (not where they are stored)
+
+
+def fingerprint_arrays(images, labels) -> str:
+    """SHA-1 of the training images' pixels and labels, in order."""
+    h = hashlib.sha1()
+    h.update(np.ascontiguousarray(images).tobytes())
+    h.update(np.asarray(labels, dtype=np.int64).tobytes())
+    return h.hexdigest()
+
+
+def fingerprint_files(paths: List[str], labels: List[int], root: str) -> str:
+    """SHA-1 of the training list: paths relative to the data root, and labels, in order."""
+    h = hashlib.sha1()
+    for path, label in zip(paths, labels):
+        h.update(f"{os.path.relpath(path, root)}\t{label}\n".encode())
+    return h.hexdigest()
+
+
+def canonical_dataset(name: str) -> str:
+    """One name per data set: 'nepes' is the folder data set under its released name."""
+    return "folder" if name in FOLDER_DATASETS else name
+
+
+def data_seed(args) -> int:
+    """The seed that picks the CIFAR-LT images: --data_seed, else --seed (as released)."""
+    return args.seed if getattr(args, "data_seed", None) is None else args.data_seed
 
 
 def default_list_paths(dataset: str) -> Tuple[str, str]:
@@ -53,12 +82,14 @@ def build_data(args, views: int = 2) -> DataBundle:
     wrap = TwoViews if views == 2 else (lambda t: t)
     if args.dataset in CIFAR_INFO:
         num_classes = _check_num_classes(args, CIFAR_INFO[args.dataset]["num_classes"], args.dataset)
-        arrays = load_cifar_lt(args.root, args.dataset, args.imbanlance_rate, args.split, args.seed,
+        arrays = load_cifar_lt(args.root, args.dataset, args.imbanlance_rate, args.split, data_seed(args),
                                download=not args.no_download)
         train = ImageArrayDataset(arrays["train"].images, arrays["train"].labels,
                                   wrap(cifar_train_transform(args.dataset)))
         test = ImageArrayDataset(arrays["test"].images, arrays["test"].labels, cifar_test_transform(args.dataset))
-        return DataBundle(train, test, class_counts(train.targets, num_classes), num_classes, image_size=32)
+        return DataBundle(train, test, class_counts(train.targets, num_classes), num_classes, image_size=32,
+                          class_names=arrays["class_names"],
+                          fingerprint=fingerprint_arrays(arrays["train"].images, arrays["train"].labels))
 
     if not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root!r} is not a folder; for {args.dataset} it holds the images "
@@ -81,7 +112,15 @@ def build_data(args, views: int = 2) -> DataBundle:
     train = ImageFileDataset(train_paths, train_labels, wrap(large_train_transform(size, stats)), skip_bad=skip)
     test = ImageFileDataset(test_paths, test_labels, large_test_transform(size, stats), skip_bad=skip)
     return DataBundle(train, test, class_counts(train_labels, num_classes), num_classes, size, names,
-                      files=[("training images", train_paths), ("test images", test_paths)])
+                      files=[("training images", train_paths), ("test images", test_paths)],
+                      fingerprint=fingerprint_files(train_paths, train_labels, args.root))
+
+
+def plain_training_set(data: DataBundle) -> Dataset:
+    """The training images with the test transform (no augmentation), one view each."""
+    if isinstance(data.train, ImageArrayDataset):
+        return ImageArrayDataset(data.train.images, np.asarray(data.train.targets), data.test.transform)
+    return ImageFileDataset(data.train.paths, data.train.targets, data.test.transform, skip_bad=data.train.skip_bad)
 
 
 def build_test_loader(test: Dataset, workers: int, pin_memory: bool = False, rank: int = 0, world: int = 1):

@@ -23,6 +23,7 @@ CIFAR_INFO: Dict[str, Dict] = {
         "train": [f"data_batch_{i}" for i in range(1, 6)],
         "test": ["test_batch"],
         "label_key": "labels",
+        "meta": ("batches.meta", "label_names"),
         "num_classes": 10,
         "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
     },
@@ -31,6 +32,7 @@ CIFAR_INFO: Dict[str, Dict] = {
         "train": ["train"],
         "test": ["test"],
         "label_key": "fine_labels",
+        "meta": ("meta", "fine_label_names"),
         "num_classes": 100,
         "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
     },
@@ -103,14 +105,33 @@ def missing_data_message(root: str, dataset: str, reason: str) -> str:
 
 
 def download_cifar(root: str, dataset: str) -> None:
-    """Download and unpack the release into `root`, as the released code does."""
+    """Download and unpack the release into `root`, as the released code does.
+
+    When that fails, nothing is left behind: the partial archive and unpacked files are
+    removed, and so are the folders that the download created.
+    """
+    import shutil
     from torchvision.datasets.utils import download_and_extract_archive
 
     url = CIFAR_INFO[dataset]["url"]
+    created, folder = [], os.path.abspath(root)
+    while not os.path.exists(folder):
+        created.append(folder)
+        folder = os.path.dirname(folder)
+    before = set(os.listdir(root)) if os.path.isdir(root) else set()
     print(f"{dataset} not found: downloading {url} into {os.path.abspath(root)}", flush=True)
     try:
         download_and_extract_archive(url, download_root=root)
     except Exception as exc:  # any network or archive failure ends in the same advice
+        if os.path.isdir(root):
+            for name in set(os.listdir(root)) - before:
+                path = os.path.join(root, name)
+                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+        for folder in created:  # deepest first
+            try:
+                os.rmdir(folder)
+            except OSError:
+                break
         raise UsageError(missing_data_message(root, dataset, f"download failed: {exc}")) from exc
 
 
@@ -143,9 +164,24 @@ def read_cifar_split(folder: str, dataset: str, split: str) -> ImageArray:
     return ImageArray(np.concatenate(images).transpose(0, 2, 3, 1).copy(), np.concatenate(labels))
 
 
+def read_class_names(folder: str, dataset: str) -> Optional[List[str]]:
+    """The class names from the release's meta file, or None when it is missing or unreadable."""
+    name, key = CIFAR_INFO[dataset]["meta"]
+    path = _find_case_insensitive(folder, name)
+    if path is None:
+        return None
+    try:
+        names = _read_pickle(path).get(key)
+    except UsageError:
+        return None
+    if not isinstance(names, list) or len(names) != CIFAR_INFO[dataset]["num_classes"]:
+        return None
+    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]
+
+
 def load_cifar_lt(root: str, dataset: str, rate: float, split: str, seed: int,
-                  download: bool = True) -> Dict[str, ImageArray]:
-    """The long-tailed training set and the full balanced test set."""
+                  download: bool = True) -> Dict:
+    """The long-tailed training set, the full balanced test set and the class names (None if unknown)."""
     folder = find_cifar_folder(root, dataset)
     if folder is None and download:
         download_cifar(root, dataset)
@@ -163,4 +199,5 @@ def load_cifar_lt(root: str, dataset: str, rate: float, split: str, seed: int,
         raise UsageError(f"{folder!r} holds per-class counts {available.tolist()}, "
                          f"which cannot give the long-tailed counts {counts}")
     keep = select_long_tailed(train.labels, counts, split, seed)
-    return {"train": ImageArray(train.images[keep], train.labels[keep]), "test": test}
+    return {"train": ImageArray(train.images[keep], train.labels[keep]), "test": test,
+            "class_names": read_class_names(folder, dataset)}

@@ -6,7 +6,7 @@ import torch
 from models import build_model
 from utils import checkpoint as ckpt_mod
 from utils.checkpoint import load_weights, read_checkpoint, save_checkpoint, strip_prefixes
-from utils.errors import UsageError
+from utils.errors import EXIT_WRITE_FAILED, UsageError, WriteFailed
 
 
 def test_strip_prefixes():
@@ -30,9 +30,11 @@ def test_failed_write_leaves_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt_mod.torch, "save", broken_save)
-    with pytest.raises(OSError):
+    with pytest.raises(WriteFailed) as failed:
         save_checkpoint({"epoch": 2, "state_dict": {}, "best_acc1": 2.0}, str(tmp_path), False)
     monkeypatch.undo()
+    assert failed.value.exit_code == EXIT_WRITE_FAILED == 4
+    assert str(tmp_path / "ckpt.pth.tar") in str(failed.value) and "No space left" in str(failed.value)
     assert read_checkpoint(str(tmp_path / "ckpt.pth.tar"))["epoch"] == 1
     assert os.listdir(tmp_path) == ["ckpt.pth.tar"]
 

@@ -192,7 +192,7 @@ def trained_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("script,flags", [(train_script, TINY), (test_script, DATA)], ids=["main", "test"])
-@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "other_arch"])
+@pytest.mark.parametrize("kind", ["missing", "truncated", "foreign", "other_arch", "undescribed_other_arch"])
 def test_bad_checkpoints(script, flags, kind, trained_run, tmp_path, capsys):
     data_root, run_dir = trained_run
     good = os.path.join(run_dir, "ckpt.pth.tar")
@@ -204,13 +204,17 @@ def test_bad_checkpoints(script, flags, kind, trained_run, tmp_path, capsys):
         torch.save([1, 2, 3], path)
     elif kind == "other_arch":
         path = good
+    elif kind == "undescribed_other_arch":  # no run description (as released): the flags are trusted
+        torch.save({k: v for k, v in torch.load(good, weights_only=False).items() if k not in ("run", "args")}, path)
     before = {n: os.path.getmtime(os.path.join(run_dir, n)) for n in os.listdir(run_dir)}
     argv = flags + ["--root", data_root, "--resume", path]
-    if kind == "other_arch":
+    if kind.endswith("other_arch"):
         argv = [a if a != "8" else "16" for a in argv]  # a width-16 model cannot take width-8 weights
     err = run_and_fail(script, argv, capsys)
     assert path in err
-    if kind == "other_arch":
+    if kind == "other_arch":  # the checkpoint says what it is: the contradiction is named before any loading
+        assert "--width 16 (the checkpoint has 8)" in err
+    if kind == "undescribed_other_arch":
         assert "conv1.weight" in err and "shape" in err
     after = {n: os.path.getmtime(os.path.join(run_dir, n)) for n in os.listdir(run_dir)}
     assert after == before  # nothing written to the existing run folder

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 
@@ -111,9 +112,18 @@ def test_two_process_gloo_run(data_root, tmp_path):
                             capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert single.returncode == 0, single.stderr
     assert json.loads(report.read_text())["top1"] == pytest.approx(record["top1"])
-    # ... and a single-process checkpoint resumes under torchrun.
-    train_script.main(train_script.get_args_parser().parse_args(
-        TINY + ["--root", data_root, "--epochs", "1", "--root_log", str(tmp_path / "single")]))
+    # ... and a single-process checkpoint (stopped by SIGTERM after epoch 1 of 2) resumes under torchrun.
+    real_evaluate = train_script.evaluate
+
+    def evaluate_then_signal(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_evaluate(*a, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_script, "evaluate", evaluate_then_signal)
+        with pytest.raises(train_script.RunStopped):
+            train_script.main(train_script.get_args_parser().parse_args(
+                TINY + ["--root", data_root, "--epochs", "2", "--root_log", str(tmp_path / "single")]))
     (single_run,) = os.listdir(tmp_path / "single")
     out = torchrun(TINY + ["--root", data_root, "--epochs", "2", "--resume", str(tmp_path / "single" / single_run)])
     assert out.returncode == 0, out.stderr[-3000:]

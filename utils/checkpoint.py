@@ -2,14 +2,16 @@
 import os
 import shutil
 import tempfile
-from typing import Dict, Mapping
+from typing import Dict, Mapping, Optional
 
 import torch
 from torch import nn
 
-from utils.errors import UsageError
+from utils.errors import UsageError, writing
 
 PREFIXES = ("module.", "_orig_mod.")
+LATEST, BEST = "ckpt.pth.tar", "ckpt.best.pth.tar"
+TEMPORARY_PREFIX = ".tmp_"
 
 
 def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -33,35 +35,70 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model
 
 
-def atomic_save(obj: Dict, path: str) -> None:
-    """Write to a temporary file in the same folder, flush, then rename over `path`."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what open() gives every other file of the run
+
+
+def _atomic_write(path: str, write) -> None:
+    """`write(file)` into a temporary file of the same folder (a unique name), flush, then rename over `path`.
+
+    A failure removes the temporary file, leaves any previous `path` intact and raises WriteFailed.
+    """
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=".pth.tar", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    tmp = None
+    with writing(path):
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=".pth.tar", dir=folder)
+            with os.fdopen(fd, "wb") as f:
+                write(f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, FILE_MODE)
+            os.replace(tmp, path)
+        except BaseException:
+            if tmp and os.path.exists(tmp):
+                os.remove(tmp)
+            raise
 
 
-def save_checkpoint(state: Dict, folder: str, is_best: bool, every: int = 20) -> None:
-    """`ckpt.pth.tar` always, `ckpt.best.pth.tar` when best, `<epoch>_ckpt.pth.tar` every `every` epochs."""
-    latest = os.path.join(folder, "ckpt.pth.tar")
+def atomic_save(obj: Dict, path: str) -> None:
+    """torch.save `obj` to `path` so that `path` is always a complete checkpoint."""
+    _atomic_write(path, lambda f: torch.save(obj, f))
+
+
+def atomic_copy(source: str, path: str) -> None:
+    def copy(f):
+        with open(source, "rb") as src:
+            shutil.copyfileobj(src, f)
+    _atomic_write(path, copy)
+
+
+def save_checkpoint(state: Dict, folder: str, is_best: bool, every: int = 20) -> str:
+    """`ckpt.pth.tar` first (it marks the epoch done), then its copies: `ckpt.best.pth.tar` when
+    best, `<epoch>_ckpt.pth.tar` every `every` epochs. Returns the latest checkpoint's path."""
+    latest = os.path.join(folder, LATEST)
     atomic_save(state, latest)
-    copies = []
-    if is_best:
-        copies.append("ckpt.best.pth.tar")
+    copies = [BEST] if is_best else []
     if every and state["epoch"] % every == 0:
-        copies.append(f"{state['epoch']}_ckpt.pth.tar")
+        copies.append(f"{state['epoch']}_{LATEST}")
     for name in copies:
-        tmp = os.path.join(folder, f".tmp_{name}")
-        shutil.copyfile(latest, tmp)
-        os.replace(tmp, os.path.join(folder, name))
+        atomic_copy(latest, os.path.join(folder, name))
+    return latest
+
+
+def first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
+    """The first floating-point entry (weight or BatchNorm statistic) with a NaN or inf, else None."""
+    floats = [(k, v) for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point()]
+    if not floats:
+        return None
+    finite = torch.stack([torch.isfinite(v).all() for _, v in floats]).cpu()
+    bad = (~finite).nonzero()
+    return floats[int(bad[0])][0] if len(bad) else None
 
 
 def read_checkpoint(path: str) -> Dict:

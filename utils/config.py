@@ -12,6 +12,29 @@ from utils.errors import RunStopped, UsageError
 from utils.metrics import SHOT_RULES
 
 
+class FlagTrackingParser(argparse.ArgumentParser):
+    """An ArgumentParser that also records which flags the command line gave (`args.given_flags`).
+
+    A flag given with its default value counts as given: the run's description and the
+    checks against a checkpoint need to know what the user asked for, not what differs
+    from a default.
+    """
+
+    def parse_known_args(self, args=None, namespace=None):
+        parsed, extras = super().parse_known_args(args, namespace)
+        if not hasattr(parsed, "given_flags"):
+            defaults = [(action, action.default) for action in self._actions]
+            try:
+                for action, _ in defaults:
+                    action.default = argparse.SUPPRESS
+                probe, _ = super().parse_known_args(args, argparse.Namespace())
+            finally:
+                for action, default in defaults:
+                    action.default = default
+            parsed.given_flags = sorted(vars(probe))
+        return parsed, extras
+
+
 def add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data and model")
     g.add_argument("--dataset", default="cifar10", choices=DATASETS,
@@ -42,7 +65,12 @@ def add_data_and_model_args(parser: argparse.ArgumentParser) -> None:
                         "class by class; the 'updated' results), 'cao' (the seed-0 split of Cao et al. 2019 used "
                         "by most papers), or 'replacement' (the first release's draw with replacement; the paper's "
                         "original GLMC column)")
-    g.add_argument("--seed", type=int, default=3407, help="random seed (default 3407 as released)")
+    g.add_argument("--seed", type=int, default=3407,
+                   help="random seed of training (default 3407 as released); also picks the CIFAR-LT images "
+                        "unless --data_seed is given")
+    g.add_argument("--data_seed", type=int, default=None,
+                   help="seed that picks the CIFAR-LT images (--split released/replacement); default: --seed, "
+                        "as released. Give it to vary the training seed on a fixed training set")
     g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size")
     g.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="data loading worker processes (default: 4 as released, fewer on a smaller machine)")

@@ -1,4 +1,13 @@
-"""Exceptions that end a run with a clear message instead of a traceback."""
+"""Exceptions that end a run with a clear message instead of a traceback, and their exit codes.
+
+    2  a bad flag, file or value (UsageError)
+    3  the run diverged: a non-finite loss, weight or BatchNorm statistic
+    4  a write failed (disk full, no permission, folder gone); the last good checkpoint is intact
+    128 + N  stopped by signal N (130 for Ctrl-C, 143 for SIGTERM)
+"""
+import contextlib
+
+EXIT_USAGE, EXIT_DIVERGED, EXIT_WRITE_FAILED = 2, 3, 4
 
 
 class UsageError(Exception):
@@ -6,8 +15,28 @@ class UsageError(Exception):
 
 
 class RunStopped(Exception):
-    """Training stopped on purpose (a signal, a non-finite loss); carries the exit code."""
+    """Training stopped on purpose (a signal, a non-finite loss, a failed write); carries the exit code."""
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class WriteFailed(RunStopped):
+    """A file of the run could not be written (exit code 4)."""
+
+    def __init__(self, path: str, cause: OSError, advice: str = "") -> None:
+        reason = cause.strerror or str(cause)
+        super().__init__(f"cannot write {path}: {reason}" + (f". {advice}" if advice else ""), EXIT_WRITE_FAILED)
+        self.path, self.cause = path, cause
+
+
+@contextlib.contextmanager
+def writing(path: str):
+    """Turn an OSError raised while writing `path` into WriteFailed naming the path and the cause."""
+    try:
+        yield
+    except WriteFailed:
+        raise
+    except OSError as exc:
+        raise WriteFailed(path, exc) from exc

@@ -2,7 +2,7 @@
 import os
 import signal
 import sys
-from typing import Optional
+from typing import Callable, Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
@@ -10,9 +10,11 @@ SIGNALS = (signal.SIGINT, signal.SIGTERM)
 class StopRequest:
     """Context manager that records the first signal and restores the previous handlers on exit."""
 
-    def __init__(self) -> None:
+    def __init__(self, also: Optional[Callable[[str], None]] = None) -> None:
+        """`also(message)` receives each message printed to stderr too (e.g. the run's log file)."""
         self.signum: Optional[int] = None
         self._previous = {}
+        self._also = also
 
     def __enter__(self) -> "StopRequest":
         for sig in SIGNALS:
@@ -34,8 +36,16 @@ class StopRequest:
 
     def _handle(self, signum: int, frame) -> None:
         if self.signum is not None:
-            print(f"\nsecond {signal.Signals(signum).name}: exiting now without a checkpoint", file=sys.stderr, flush=True)
+            self._say(f"second {signal.Signals(signum).name}: exiting now without a checkpoint")
             os._exit(128 + signum)
         self.signum = signum
-        print(f"\n{self.name} received: finishing the current step, then writing a checkpoint "
-              "(send it again to exit at once)", file=sys.stderr, flush=True)
+        self._say(f"{self.name} received: finishing the current step, then writing a checkpoint "
+                  "(send it again to exit at once)")
+
+    def _say(self, message: str) -> None:
+        print("\n" + message, file=sys.stderr, flush=True)
+        if self._also:
+            try:
+                self._also(message)
+            except Exception:  # a log that cannot be written must not break the signal handler
+                pass

@@ -1,4 +1,4 @@
-"""A run folder's outputs: log file and stdout, TensorBoard scalars, metrics.jsonl, args.json."""
+"""A run folder's outputs: log file and stdout, TensorBoard scalars, args.json."""
 import json
 import os
 import platform
@@ -9,6 +9,8 @@ from typing import Dict, Optional
 
 import numpy as np
 import torch
+
+from utils.errors import writing
 
 
 def run_name(parts: Dict[str, object], stamp: Optional[str] = None) -> str:
@@ -27,17 +29,22 @@ def library_versions() -> Dict[str, str]:
 
 
 def write_json(path: str, obj: Dict) -> None:
-    with open(path, "w") as f:
-        json.dump(obj, f, indent=2, default=str)
-        f.write("\n")
+    with writing(path):
+        with open(path, "w") as f:
+            json.dump(obj, f, indent=2, default=str)
+            f.write("\n")
 
 
 class RunLog:
-    """Prints to stdout and `log.txt`; scalars to TensorBoard; one JSON line per epoch."""
+    """Prints to stdout and `log.txt`; scalars to TensorBoard."""
 
     def __init__(self, folder: Optional[str], tensorboard: bool = True, echo: bool = True) -> None:
         self.folder, self.echo = folder, echo
-        self._file = open(os.path.join(folder, "log.txt"), "a") if folder else None
+        self.path = os.path.join(folder, "log.txt") if folder else None
+        self._file = None
+        if self.path:
+            with writing(self.path):
+                self._file = open(self.path, "a")
         self._tb = None
         if folder and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
@@ -47,9 +54,21 @@ class RunLog:
     def print(self, message: str) -> None:
         if self.echo:
             print(message, flush=True)
+        self.to_file(message)
+
+    def to_file(self, message: str) -> None:
+        """Only into log.txt (for messages that already went to stderr)."""
         if self._file:
-            self._file.write(message + "\n")
-            self._file.flush()
+            with writing(self.path):
+                self._file.write(message + "\n")
+                self._file.flush()
+
+    def last_words(self, message: str) -> None:
+        """The message that ends the run, into log.txt if that still can be written."""
+        try:
+            self.to_file(message)
+        except Exception:  # the disk is full or the folder gone: the message still reaches stderr
+            pass
 
     def scalars(self, values: Dict[str, Optional[float]], step: int) -> None:
         if self._tb:
@@ -57,16 +76,14 @@ class RunLog:
                 if value is not None:
                     self._tb.add_scalar(tag, value, step)
 
-    def epoch_record(self, record: Dict) -> None:
-        if self.folder:
-            with open(os.path.join(self.folder, "metrics.jsonl"), "a") as f:
-                f.write(json.dumps(record) + "\n")
-
     def close(self) -> None:
         if self._tb:
             self._tb.close()
             self._tb = None
         if self._file:
-            self._file.close()
+            try:
+                self._file.close()
+            except OSError:
+                pass
             self._file = None
         sys.stdout.flush()

@@ -1,0 +1,427 @@
+"""Run folders, self-describing checkpoints and the rules of resume.
+
+A run is described once, when it starts: every flag, the training set it was built
+on (class counts, class names, a fingerprint of the images) and the code version.
+That description is written to `args.json` and into every checkpoint, so that
+`--resume`, `test.py` and the MaxNorm stage take the run's configuration from the
+checkpoint instead of trusting a new command line:
+
+- a flag the user did not give takes the checkpoint's value;
+- a flag the user gave with another value stops with exit 2 (for `--resume`
+  only the operational flags in `OPERATIONAL_FLAGS` may change);
+- checkpoints without a description (the released ones) keep working from flags.
+
+The run folder of a resumed run is the folder that holds the checkpoint, wherever
+it now is. A lock file keeps a second process out of a run folder in use, and the
+end-of-epoch records (latest and best checkpoint, metrics line) are repaired on
+resume from the checkpoint's own record, whatever moment the last process died at.
+"""
+import argparse
+import json
+import math
+import os
+import socket
+import subprocess
+import time
+from typing import Callable, Dict, Iterable, List, Optional, Tuple
+
+from utils.checkpoint import BEST, LATEST, TEMPORARY_PREFIX, atomic_copy, read_checkpoint
+from utils.errors import UsageError, WriteFailed, writing
+from utils.run_log import run_name
+
+LOCK = ".lock"
+
+# Flags that may change when a run is resumed: where things are and how the host runs them,
+# never what the run computes.
+OPERATIONAL_FLAGS = frozenset({
+    "root", "dir_train_txt", "dir_test_txt", "workers", "print_freq", "gpu", "debug", "no_tensorboard",
+    "no_download", "skip_bad_images", "resume", "dry_run", "root_log", "root_model", "channels_last", "compile",
+    "seeds", "name", "given_flags"})
+# What test.py and the MaxNorm stage take from a checkpoint: the model and the data it was trained on.
+MODEL_AND_DATA_FLAGS = ("dataset", "arch", "width", "num_classes", "imbanlance_rate", "split", "seed", "data_seed",
+                        "image_size")
+OPTION_NAMES = {"start_epoch": "--start-epoch", "batch_size": "-b/--batch_size", "arch": "-a/--arch"}
+# Keys a checkpoint needs to continue training.
+RESUME_KEYS = ("epoch", "state_dict", "best_acc1", "optimizer", "scheduler", "rng")
+
+
+def option_name(dest: str) -> str:
+    return OPTION_NAMES.get(dest, f"--{dest}")
+
+
+def code_version() -> Optional[str]:
+    """The git commit of this code (with '-dirty' for uncommitted changes), or None outside git."""
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    try:
+        out = subprocess.run(["git", "describe", "--always", "--dirty", "--abbrev=12"], cwd=here,
+                             capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def describe_run(args: argparse.Namespace, train_counts: List[int], class_names: Optional[List[str]],
+                 train_fingerprint: str, variant: str, eval_head: str) -> Dict:
+    """Everything that defines a run: written to args.json and into every checkpoint."""
+    return {"args": {k: v for k, v in vars(args).items()}, "variant": variant, "eval_head": eval_head,
+            "train_counts": list(train_counts), "class_names": class_names, "train_fingerprint": train_fingerprint,
+            "code_version": code_version()}
+
+
+def checkpoint_description(checkpoint: Dict) -> Optional[Dict]:
+    """The run description of a checkpoint; older ones of this project kept only args and counts;
+    released checkpoints have none (None)."""
+    if "run" in checkpoint:
+        return checkpoint["run"]
+    if "args" in checkpoint:
+        return {"args": checkpoint["args"], "train_counts": checkpoint.get("train_counts")}
+    return None
+
+
+def stored_value(stored_args: Dict, dest: str):
+    if dest == "data_seed" and stored_args.get("data_seed") is None:
+        return stored_args.get("seed")  # written before --data_seed existed: the seed chose the images
+    return stored_args.get(dest)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) \
+            and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-9, abs_tol=0.0)
+    return a == b
+
+
+def adopt_checkpoint_args(args: argparse.Namespace, stored_args: Dict, flags: Iterable[str], source: str,
+                          why: str, canonical: Optional[Dict[str, Callable]] = None) -> None:
+    """Set each of `flags` from the checkpoint's args; a flag the user gave with another value stops (exit 2).
+
+    `canonical` maps a flag to a function giving one spelling for equivalent values (data set aliases).
+    """
+    given = set(getattr(args, "given_flags", ()))
+    canonical = canonical or {}
+    conflicts = []
+    for dest in flags:
+        if dest not in stored_args and not (dest == "data_seed" and "seed" in stored_args):
+            continue
+        value = stored_value(stored_args, dest)
+        same_spelling = canonical.get(dest, lambda v: v)
+        if dest in given and not _same(same_spelling(getattr(args, dest, None)), same_spelling(value)):
+            conflicts.append(f"{option_name(dest)} {getattr(args, dest)} (the checkpoint has {value})")
+        else:
+            setattr(args, dest, value)
+    if conflicts:
+        raise UsageError(f"{source} was made with other settings than the command line gives: "
+                         + "; ".join(conflicts) + f". {why}")
+
+
+def defining_flags(args: argparse.Namespace, stored_args: Dict) -> List[str]:
+    """Flags of this command line that define the run (all but the operational ones)."""
+    return [dest for dest in vars(args) if dest not in OPERATIONAL_FLAGS]
+
+
+def check_resumable(checkpoint: Dict, path: str) -> None:
+    missing = [k for k in RESUME_KEYS if k not in checkpoint]
+    if missing:
+        what = "holds weights only" if "optimizer" not in checkpoint else "lacks " + ", ".join(missing)
+        raise UsageError(f"--resume {path!r} {what}, so training cannot continue from it "
+                         "(evaluate it with test.py instead)")
+
+
+# ---------------------------------------------------------------- run folders
+
+def new_run_folder(root_log: str, name: str) -> str:
+    """Create `root_log/name`, or `name-2`, `name-3`, ... when that is taken."""
+    try:
+        os.makedirs(root_log, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create run folder under --root_log {root_log!r}: {exc.strerror}") from exc
+    for n in range(1, 1000):
+        folder = os.path.join(root_log, name if n == 1 else f"{name}-{n}")
+        try:
+            os.mkdir(folder)
+            return folder
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise UsageError(f"cannot create run folder {folder!r} under --root_log: {exc.strerror}") from exc
+    raise UsageError(f"--root_log {root_log!r} already holds 999 run folders named {name!r}")
+
+
+def read_args_json(run_dir: str) -> Optional[Dict]:
+    path = os.path.join(run_dir, "args.json")
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def resume_checkpoint_path(path: str) -> str:
+    """`--resume` of main.py: a checkpoint, or a run folder meaning its latest checkpoint."""
+    if not os.path.isdir(path):
+        if os.path.isfile(path) and os.path.basename(path) != LATEST \
+                and os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(path)), "args.json")):
+            raise UsageError(f"--resume {path!r}: a run folder continues from its latest checkpoint, {LATEST}. "
+                             f"To branch off from {os.path.basename(path)}, copy the run folder and put that file "
+                             f"in the copy as {LATEST}")
+        return path
+    latest = os.path.join(path, LATEST)
+    if os.path.isfile(latest):
+        return latest
+    meta = read_args_json(path)
+    if meta is None:
+        raise UsageError(f"--resume {path!r} is a folder without {LATEST} or args.json; it is not a run folder")
+    ckpt_dir = meta.get("checkpoint_dir")
+    if ckpt_dir and os.path.isfile(os.path.join(ckpt_dir, LATEST)):
+        return os.path.join(ckpt_dir, LATEST)
+    command = meta.get("command", "python main.py ...")
+    raise UsageError(f"run folder {path!r} has no checkpoint: the run stopped before its first epoch ended, "
+                     f"so there is nothing to resume. Start it again with:\n  {command}")
+
+
+def evaluation_checkpoint_path(path: str) -> str:
+    """`--resume` of test.py and the MaxNorm stage: a checkpoint, or a run folder meaning its best one."""
+    if not os.path.isdir(path):
+        return path
+    for folder in (path, (read_args_json(path) or {}).get("checkpoint_dir")):
+        if folder and os.path.isfile(os.path.join(folder, BEST)):
+            return os.path.join(folder, BEST)
+    raise UsageError(f"--resume {path!r} is a folder without {BEST}; name a checkpoint file instead")
+
+
+def resumed_folders(checkpoint_path: str, stored_run_dir: Optional[str]) -> Tuple[str, str]:
+    """(run folder, checkpoint folder) of a resumed run: the folder holding the checkpoint, wherever
+    it now is; with --root_model the logs stay in the run folder recorded at the start if it exists."""
+    ckpt_dir = os.path.dirname(os.path.abspath(checkpoint_path))
+    if os.path.isfile(os.path.join(ckpt_dir, "args.json")):
+        return ckpt_dir, ckpt_dir
+    if stored_run_dir and os.path.isfile(os.path.join(stored_run_dir, "args.json")):
+        return stored_run_dir, ckpt_dir
+    return ckpt_dir, ckpt_dir
+
+
+def run_folder_of(checkpoint_path: str) -> Optional[str]:
+    """The run folder a checkpoint belongs to (None for a checkpoint outside any run folder)."""
+    folder = os.path.dirname(os.path.abspath(checkpoint_path))
+    return folder if os.path.isfile(os.path.join(folder, "args.json")) else None
+
+
+# ---------------------------------------------------------------- lock and leftovers
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class RunLock:
+    """`<run>/.lock` with the holder's pid and host: one process per run folder at a time.
+
+    A lock left by a process that no longer runs (kill -9) is taken over.
+    """
+
+    def __init__(self, folder: str) -> None:
+        self.path = os.path.join(folder, LOCK)
+        self.held = False
+
+    def acquire(self) -> "RunLock":
+        host = socket.gethostname()
+        for _ in range(3):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                holder = self._holder()
+                if holder is None:  # being written this instant, or unreadable: look again
+                    time.sleep(0.2)
+                    holder = self._holder() or {}
+                pid, holder_host = holder.get("pid"), holder.get("host")
+                if holder_host not in (None, host):
+                    raise UsageError(f"run folder {os.path.dirname(self.path)!r} is in use by process {pid} on "
+                                     f"{holder_host} (lock file {self.path}); if that process has ended, "
+                                     "delete the lock file") from None
+                if isinstance(pid, int) and _pid_alive(pid):
+                    raise UsageError(f"run folder {os.path.dirname(self.path)!r} is in use by process {pid} "
+                                     f"(lock file {self.path}); wait for it to end or stop it first") from None
+                try:
+                    os.remove(self.path)  # left by a process that is gone
+                except FileNotFoundError:
+                    pass
+                continue
+            except OSError as exc:
+                raise WriteFailed(self.path, exc) from exc
+            with os.fdopen(fd, "w") as f:
+                json.dump({"pid": os.getpid(), "host": host}, f)
+            self.held = True
+            return self
+        raise UsageError(f"could not take the lock {self.path}; another process keeps taking it")
+
+    def _holder(self) -> Optional[Dict]:
+        try:
+            with open(self.path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def release(self) -> None:
+        if self.held:
+            try:
+                os.remove(self.path)
+            except OSError:
+                pass
+            self.held = False
+
+
+def remove_temporaries(folder: str) -> List[str]:
+    """Delete temporary checkpoint files that an interrupted write left behind; returns their names."""
+    removed = []
+    for name in sorted(os.listdir(folder)):
+        if name.startswith(TEMPORARY_PREFIX) and name.endswith(".pth.tar"):
+            try:
+                os.remove(os.path.join(folder, name))
+                removed.append(name)
+            except OSError:
+                pass
+    return removed
+
+
+# ---------------------------------------------------------------- metrics.jsonl
+
+def read_metrics(path: str, warn=None) -> List[Dict]:
+    """The records of a metrics.jsonl; a torn or foreign line is skipped (and named through `warn`)."""
+    records = []
+    if not os.path.isfile(path):
+        return records
+    with open(path) as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or "epoch" not in record:
+                if warn:
+                    warn(f"{path}, line {number}: not a complete metrics record; skipped")
+                continue
+            records.append(record)
+    return records
+
+
+def append_metrics(path: str, record: Dict) -> None:
+    with writing(path):
+        with open(path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def repair_metrics(path: str, epochs_done: int, own_record: Optional[Dict]) -> Optional[str]:
+    """Make metrics.jsonl hold exactly one record per finished epoch up to `epochs_done`.
+
+    Drops torn lines and records of epochs the checkpoint does not have, and adds the
+    checkpoint's own record of its last epoch when the process died before writing it.
+    Returns what was changed, or None.
+    """
+    skipped: List[str] = []
+    records = read_metrics(path, skipped.append)
+    kept, seen = [], set()
+    for record in records:
+        if record["epoch"] <= epochs_done and record["epoch"] not in seen:
+            kept.append(record)
+            seen.add(record["epoch"])
+    added = own_record is not None and own_record["epoch"] not in seen
+    if added:
+        kept.append(own_record)
+    if not skipped and len(kept) == len(records) and not added:
+        return None
+    tmp = path + ".tmp"
+    with writing(path):
+        with open(tmp, "w") as f:
+            f.writelines(json.dumps(r) + "\n" for r in kept)
+        os.replace(tmp, path)
+    dropped = len(records) - (len(kept) - added)
+    return (f"metrics.jsonl repaired to match the checkpoint ({epochs_done} epochs): {dropped} records of other "
+            f"epochs dropped, {int(added)} record added from the checkpoint, {len(skipped)} torn lines removed")
+
+
+def repair_records(run_dir: str, checkpoint_path: str, checkpoint: Dict) -> List[str]:
+    """Bring metrics.jsonl and the checkpoint copies in line with the checkpoint being resumed.
+
+    The latest checkpoint is written first at an epoch's end and then copied; a process
+    that died in between left the best (or every-20-epochs) copy or the metrics line
+    behind, and this writes them from the checkpoint's own record. Returns what it did.
+    """
+    done = []
+    note = repair_metrics(os.path.join(run_dir, "metrics.jsonl"), checkpoint["epoch"], checkpoint.get("record"))
+    if note:
+        done.append(note)
+    if checkpoint.get("in_epoch") or "best_epoch" not in checkpoint:
+        return done  # a mid-epoch checkpoint is no epoch's end state; older checkpoints have no record
+    epoch, ckpt_dir = checkpoint["epoch"], os.path.dirname(os.path.abspath(checkpoint_path))
+    copies = [BEST] if checkpoint["best_epoch"] == epoch else []
+    if epoch % 20 == 0:
+        copies.append(f"{epoch}_{LATEST}")
+    for name in copies:
+        path = os.path.join(ckpt_dir, name)
+        if not os.path.isfile(path) or _epoch_of(path) != epoch:
+            atomic_copy(checkpoint_path, path)
+            done.append(f"{name} written from {os.path.basename(checkpoint_path)} (epoch {epoch}): the last "
+                        "process ended before copying it")
+    return done
+
+
+def _epoch_of(path: str) -> Optional[int]:
+    try:
+        return read_checkpoint(path).get("epoch")
+    except UsageError:
+        return None
+
+
+# ---------------------------------------------------------------- names and commands
+
+def variant_tag(args: argparse.Namespace) -> str:
+    """The method and every switch that differs from the released GLMC, e.g. 'glmc-nocons'."""
+    if args.method == "ce":
+        return "ce"
+    switches = [("no_global_mix", "noglobal"), ("no_local_mix", "nolocal"), ("no_consistency", "nocons"),
+                ("no_reweight", "noreweight"), ("balanced_softmax", "bs")]
+    parts = ["glmc"] + [tag for flag, tag in switches if getattr(args, flag)]
+    if args.fixed_alpha is not None:
+        parts.append(f"alpha{args.fixed_alpha:g}")
+    parts += [tag for flag, value, tag in [("lambda_dist", "beta", "beta"), ("local_label", "area", "area"),
+                                           ("mix_reduction", "mean", "mean")] if getattr(args, flag) == value]
+    return "-".join(parts)
+
+
+def run_folder_name(args: argparse.Namespace, long_tailed_subset: bool) -> str:
+    """`--name`, or data set, network, IF, method, seeds and split, then the start time."""
+    if getattr(args, "name", None):
+        return args.name + (f"_s{args.seed}" if getattr(args, "seeds", None) else "")
+    seeds = f"s{args.seed}" + (f"_d{args.data_seed}" if long_tailed_subset and args.data_seed != args.seed else "")
+    return run_name({"data": args.dataset, "arch": args.arch + (f"w{args.width}" if args.arch == "resnet32" else ""),
+                     "IF": f"IF{round(1 / args.imbanlance_rate):g}" if long_tailed_subset else None,
+                     "method": variant_tag(args), "seed": seeds,
+                     "split": None if args.split == "released" or not long_tailed_subset else args.split})
+
+
+def resume_command(run_dir: str, argv: List[str]) -> str:
+    """The command that continues the run: its operational flags and `--resume <run folder>`
+    (everything else comes from the checkpoint)."""
+    kept, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        if token == "--resume" or token == "--seeds":
+            i += 2
+            continue
+        if token.startswith(("--resume=", "--seeds=")):
+            i += 1
+            continue
+        kept.append(token)
+        i += 1
+    return " ".join(["python", "main.py", *kept, "--resume", run_dir])
