@@ -9,7 +9,7 @@ Flags keep the released code's spellings. A run writes into its own run folder;
 """
 import argparse
 import os
-import sys
+import shlex
 import time
 from typing import Dict, Optional
 
@@ -20,7 +20,8 @@ from datasets import CIFAR_INFO, DataBundle, build_data, build_loaders, canonica
 from datasets.image_files import preflight
 from models import build_model, count_parameters
 from utils.checkpoint import first_non_finite, load_weights, read_checkpoint, save_checkpoint, unwrap
-from utils.config import FlagTrackingParser, add_data_and_model_args, check_common_args, run_cli, select_device
+from utils.config import (FlagTrackingParser, add_data_and_model_args, check_common_args, command_line, run_cli,
+                          select_device)
 from utils.distributed import World, any_rank, broadcast_object, close_world, init_world
 from utils.errors import EXIT_DIVERGED, RunStopped, UsageError, WriteFailed
 from utils.interrupt import StopRequest
@@ -32,7 +33,7 @@ from utils.rng import restore_rng_states, rng_states, seed_everything
 from utils.run_log import RunLog, library_versions, write_json
 from utils.runs import (RunLock, adopt_checkpoint_args, append_metrics, check_resumable, checkpoint_description,
                         defining_flags, describe_run, new_run_folder, remove_temporaries, repair_records,
-                        resume_checkpoint_path, resume_command, resumed_folders, run_folder_name, variant_tag)
+                        resume_checkpoint_path, resumed_folders, run_folder_name, variant_tag)
 from utils.schedule import build_scheduler, lr_factor
 from utils.speed import autocast, grad_scaler, prepare_model
 
@@ -282,6 +283,27 @@ def open_run_folder(args, checkpoint: Optional[Dict], world: World):
     return run_dir, ckpt_dir, lock
 
 
+def tidy_run_folder(run_dir: str, ckpt_dir: str, checkpoint: Optional[Dict], checkpoint_path: str, say) -> None:
+    """Clear what an interrupted process left: temporary files, and end-of-epoch records it did not finish."""
+    for name in remove_temporaries(ckpt_dir):
+        say(f"removed {name}, left by an interrupted checkpoint write")
+    if checkpoint:
+        for note in repair_records(run_dir, checkpoint_path, checkpoint):
+            say(note)
+
+
+def close_finished_run(args: argparse.Namespace, checkpoint: Dict) -> None:
+    """Resuming a finished run: tidy its folder and say so."""
+    run_dir, ckpt_dir = resumed_folders(args.resume, checkpoint.get("run_dir"))
+    lock = RunLock(run_dir).acquire()
+    try:
+        tidy_run_folder(run_dir, ckpt_dir, checkpoint, args.resume, print)
+    finally:
+        lock.release()
+    print(f"run {run_dir} is finished ({checkpoint['epoch']}/{args.epochs} epochs, best top-1 "
+          f"{checkpoint['best_acc1']:.2f}); nothing to resume")
+
+
 def main(args: argparse.Namespace) -> Optional[Dict]:
     check_args(args)
     world = init_world()
@@ -298,8 +320,8 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
     checkpoint = read_resume_checkpoint(args)
     args.data_seed = data_seed(args)
     if checkpoint and checkpoint["epoch"] >= args.epochs and not checkpoint.get("in_epoch"):
-        print(f"run {os.path.dirname(os.path.abspath(args.resume))} is finished ({checkpoint['epoch']}/{args.epochs} "
-              f"epochs, best top-1 {checkpoint['best_acc1']:.2f}); nothing to resume")
+        if world.is_main:
+            close_finished_run(args, checkpoint)
         return None
     seed_everything(args.seed)
     if world.enabled and torch.cuda.is_available() and world.local_rank >= torch.cuda.device_count():
@@ -346,16 +368,12 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
     """The epochs of a run whose folder is open and locked."""
     log.print(f"run folder: {run_dir}; device: {device}" + (f"; {world.size} processes" if world.enabled else ""))
     if world.is_main:
-        for name in remove_temporaries(ckpt_dir):
-            log.print(f"removed {name}, left by an interrupted checkpoint write")
-        if checkpoint:
-            for note in repair_records(run_dir, args.resume, checkpoint):
-                log.print(note)
+        tidy_run_folder(run_dir, ckpt_dir, checkpoint, args.resume, log.print)
     describe(args, data, n_params, log)
     if not checkpoint and world.is_main:
         write_json(os.path.join(run_dir, "args.json"), {
             **description, "parameters": n_params, "world_size": world.size, "versions": library_versions(),
-            "checkpoint_dir": ckpt_dir, "command": " ".join(["python", "main.py", *sys.argv[1:]])})
+            "checkpoint_dir": ckpt_dir, "command": command_line("main.py", get_args_parser(), args)})
     train_loader, test_loader = build_loaders(data, args, device, world.rank, world.size)
     if preflight_note:
         log.print(preflight_note)
@@ -389,7 +407,8 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
     else:
         for _ in range(start_epoch):
             scheduler.step()
-    again = resume_command(run_dir, sys.argv[1:])
+    again = command_line("main.py", get_args_parser(), args, skip=("resume", "seeds", "name", "root_log"),
+                         extra=["--resume", shlex.quote(run_dir)])
 
     def save(epochs_done: int, is_best: bool, record: Optional[Dict] = None,
              in_epoch: Optional[EpochProgress] = None) -> None:

@@ -14,7 +14,7 @@ import os
 from typing import Dict, Optional
 
 from datasets import build_data, build_test_loader, canonical_dataset
-from utils.checkpoint import BEST, LATEST, model_from_checkpoint, read_checkpoint
+from utils.checkpoint import model_from_checkpoint, read_checkpoint
 from utils.config import FlagTrackingParser, add_data_and_model_args, check_common_args, run_cli, select_device
 from utils.errors import UsageError, writing
 from utils.losses import log_class_prior
@@ -22,7 +22,7 @@ from utils.maxnorm import max_norm_threshold, project_rows_
 from utils.metrics import predict, summarize
 from utils.report import confusion_cells, plot_per_class, table
 from utils.run_log import write_json
-from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_description,
+from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_description, checkpoint_label,
                         evaluation_checkpoint_path, run_folder_of)
 
 
@@ -44,17 +44,6 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "<run>/eval/<checkpoint>-<head>[-<post-hoc>].json when the checkpoint is in a run folder)")
     g.add_argument("--plot", default=None, help="draw per-class accuracy against training count as a PNG")
     return parser
-
-
-def checkpoint_label(path: str) -> str:
-    """'best', 'latest', 'epoch20' or the file's own name."""
-    name = os.path.basename(path)
-    if name == BEST:
-        return "best"
-    if name == LATEST:
-        return "latest"
-    stem = name[:-len(".pth.tar")] if name.endswith(".pth.tar") else os.path.splitext(name)[0]
-    return f"epoch{stem[:-len('_ckpt')]}" if stem.endswith("_ckpt") and stem[:-5].isdigit() else stem
 
 
 def report_kind(args: argparse.Namespace) -> str:

@@ -2,10 +2,14 @@
 
     python scripts/results.py runs/ [more folders ...] [--csv results.csv]
 
-Reads each run folder's args.json and metrics.jsonl (and test.py JSON reports
-saved in the folder, when present). Runs that differ only in the seed share a
-row; top-1 best and last are given as mean ± sample standard deviation over
-seeds; many/medium/few are the last epoch's, averaged over seeds.
+Reads each run folder's args.json and metrics.jsonl, and the evaluation reports
+in its eval/ folder (written there by test.py and the MaxNorm stage). Runs that
+differ only in the training seed share a row (and only those: a fixed --data_seed
+is part of the configuration, a data seed that follows the seed is not). Each
+kind of evaluation has its own column: the training-time evaluation of every
+epoch (best and last), test.py per checkpoint, head and post-hoc method, and the
+MaxNorm stage. A cell is the mean ± sample standard deviation over the seeds that
+have it, with their number n.
 """
 import argparse
 import csv
@@ -16,11 +20,20 @@ import sys
 from collections import OrderedDict
 from typing import Dict, List, Optional
 
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from utils.runs import read_metrics  # noqa: E402
+
 # Settings that do not change what a run computes (or vary per run by design).
 NOT_CONFIG = {"seed", "seeds", "root", "root_log", "root_model", "resume", "gpu", "workers", "print_freq",
-              "dry_run", "debug", "no_download", "no_tensorboard", "start_epoch"}
-COLUMNS = ["data set", "IF", "arch", "method", "epochs", "seeds", "top-1 best", "top-1 last",
-           "many", "medium", "few", "test.py top-1", "runs complete"]
+              "dry_run", "debug", "no_download", "no_tensorboard", "start_epoch", "name", "given_flags",
+              "dir_train_txt", "dir_test_txt", "channels_last", "compile"}
+FIXED_COLUMNS = ["data set", "IF", "arch", "method", "epochs", "seeds", "data seed", "top-1 best", "top-1 last",
+                 "many", "medium", "few"]
+
+
+def warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr)
 
 
 def find_runs(paths: List[str]) -> List[str]:
@@ -32,31 +45,67 @@ def find_runs(paths: List[str]) -> List[str]:
     return sorted(runs)
 
 
-def read_run(folder: str) -> Dict:
-    with open(os.path.join(folder, "args.json")) as f:
-        meta = json.load(f)
-    with open(os.path.join(folder, "metrics.jsonl")) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    reports = []
-    for name in sorted(os.listdir(folder)):
-        if name.endswith(".json") and name != "args.json":
-            with open(os.path.join(folder, name)) as f:
+def report_column(report: Dict) -> Optional[str]:
+    """The column of an evaluation report, e.g. 'test.py fc_cb (best)' or 'MaxNorm stage best (best)'."""
+    kind = report.get("kind")
+    if kind not in ("test.py", "maxnorm stage") or "top1" not in report:
+        return None
+    name = "test.py" if kind == "test.py" else "MaxNorm stage"
+    return f"{name} {report.get('evaluation', '')} ({report.get('checkpoint_label', '?')})".replace("  ", " ")
+
+
+def read_reports(folder: str) -> Dict[str, float]:
+    """{column: top-1} of the run's evaluation reports."""
+    out = {}
+    eval_dir = os.path.join(folder, "eval")
+    if not os.path.isdir(eval_dir):
+        return out
+    for name in sorted(os.listdir(eval_dir)):
+        if not name.endswith(".json"):
+            continue
+        path = os.path.join(eval_dir, name)
+        try:
+            with open(path) as f:
                 report = json.load(f)
-            if isinstance(report, dict) and "top1" in report:
-                reports.append(report)
-    return {"folder": folder, "meta": meta, "records": records, "reports": reports}
+        except (OSError, ValueError):
+            warn(f"{path}: not a readable JSON report; skipped")
+            continue
+        column = report_column(report) if isinstance(report, dict) else None
+        if column:
+            out[column] = report["top1"]
+    return out
+
+
+def read_run(folder: str) -> Optional[Dict]:
+    path = os.path.join(folder, "args.json")
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        warn(f"{path}: not readable JSON; run folder skipped")
+        return None
+    records = read_metrics(os.path.join(folder, "metrics.jsonl"), warn)
+    return {"folder": folder, "meta": meta, "records": records, "reports": read_reports(folder)}
+
+
+def data_seed_of(args: Dict) -> Optional[int]:
+    """The fixed data seed, or None when it follows the training seed (the released behaviour)."""
+    seed = args.get("data_seed")
+    return None if seed is None or seed == args.get("seed") else seed
 
 
 def config_key(args: Dict) -> str:
-    return json.dumps({k: v for k, v in sorted(args.items()) if k not in NOT_CONFIG}, sort_keys=True)
+    config = {k: v for k, v in args.items() if k not in NOT_CONFIG and k != "data_seed"}
+    config["data_seed"] = data_seed_of(args)
+    return json.dumps(config, sort_keys=True, default=str)
 
 
-def mean_std(values: List[float]) -> Optional[str]:
+def cell(values: List[float]) -> str:
     if not values:
-        return None
+        return ""
     if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
+        return f"{values[0]:.2f} (n=1)"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
 
 
 def mean_or_empty(values: List[Optional[float]]) -> str:
@@ -75,23 +124,31 @@ def summarise(runs: List[Dict]) -> List[Dict[str, str]]:
         lasts = [m["records"][-1] for m in members]
         complete = sum(r["epoch"] == args["epochs"] for r in lasts)
         arch = args["arch"] + (f" (width {args['width']})" if args["arch"] == "resnet32" else "")
-        rows.append({
+        row = {
             "data set": args["dataset"], "IF": f"{1 / args['imbanlance_rate']:g}", "arch": arch,
             "method": members[0]["meta"].get("variant", "glmc"), "epochs": str(args["epochs"]),
             "seeds": ",".join(str(m["meta"]["args"]["seed"]) for m in members),
-            "top-1 best": mean_std([max(r["top1"] for r in m["records"]) for m in members]),
-            "top-1 last": mean_std([r["top1"] for r in lasts]),
+            "data seed": "= seed" if data_seed_of(args) is None else str(data_seed_of(args)),
+            "top-1 best": cell([max(r["top1"] for r in m["records"]) for m in members]),
+            "top-1 last": cell([r["top1"] for r in lasts]),
             "many": mean_or_empty([r["many"] for r in lasts]), "medium": mean_or_empty([r["medium"] for r in lasts]),
             "few": mean_or_empty([r["few"] for r in lasts]),
-            "test.py top-1": mean_std([rep["top1"] for m in members for rep in m["reports"]]) or "",
-            "runs complete": f"{complete}/{len(members)}",
-        })
+        }
+        for column in sorted({c for m in members for c in m["reports"]}):
+            row[column] = cell([m["reports"][column] for m in members if column in m["reports"]])
+        row["runs complete"] = f"{complete}/{len(members)}"
+        rows.append(row)
     return rows
 
 
-def markdown(rows: List[Dict[str, str]]) -> str:
-    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row[c] for c in COLUMNS) + " |" for row in rows]
+def columns_of(rows: List[Dict[str, str]]) -> List[str]:
+    extra = sorted({c for row in rows for c in row} - set(FIXED_COLUMNS) - {"runs complete"})
+    return FIXED_COLUMNS + extra + ["runs complete"]
+
+
+def markdown(rows: List[Dict[str, str]], columns: List[str]) -> str:
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(row.get(c, "") for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
@@ -100,15 +157,18 @@ def main(argv=None) -> int:
     parser.add_argument("paths", nargs="+", help="run folders or folders holding them")
     parser.add_argument("--csv", default=None, help="also write the table as CSV to this path")
     args = parser.parse_args(argv)
-    runs = [read_run(folder) for folder in find_runs(args.paths)]
+    runs = [run for run in (read_run(folder) for folder in find_runs(args.paths)) if run]
     if not runs:
         print(f"error: no run folders (args.json + metrics.jsonl) under {', '.join(args.paths)}", file=sys.stderr)
         return 2
     rows = summarise(runs)
-    print(markdown(rows))
+    columns = columns_of(rows)
+    print(markdown(rows, columns))
+    print("top-1 best/last: the evaluation during training (the run's head, fc_cb for GLMC), as released; "
+          "many/medium/few: last epoch. Cells: mean ± standard deviation over seeds (n seeds).")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS)
+            writer = csv.DictWriter(f, fieldnames=columns, restval="")
             writer.writeheader()
             writer.writerows(rows)
     return 0

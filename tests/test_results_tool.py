@@ -16,6 +16,18 @@ def make_run(root, name, seed, top1s, variant="glmc", many=(50.0,), **changes):
     lines = [json.dumps({"epoch": i + 1, "top1": t, "many": many[-1], "medium": 40.0, "few": None})
              for i, t in enumerate(top1s)]
     (folder / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    return folder
+
+
+def add_report(folder, name, top1, kind="test.py", evaluation="fc_cb", label="best"):
+    (folder / "eval").mkdir(exist_ok=True)
+    (folder / "eval" / name).write_text(json.dumps({"kind": kind, "evaluation": evaluation, "checkpoint_label": label,
+                                                    "top1": top1, "per_class": []}))
+
+
+def table(tmp_path):
+    results_main([str(tmp_path), "--csv", str(tmp_path / "t.csv")])
+    return list(csv.DictReader(open(tmp_path / "t.csv")))
 
 
 def test_seeds_aggregate_into_one_row(tmp_path, capsys):
@@ -28,22 +40,44 @@ def test_seeds_aggregate_into_one_row(tmp_path, capsys):
     assert len(rows) == 2
     glmc = next(r for r in rows if r["method"] == "glmc")
     assert glmc["seeds"] == "1,2"
-    assert glmc["top-1 best"] == f"{statistics.mean([30, 25]):.2f} ± {statistics.stdev([30, 25]):.2f}"
-    assert glmc["top-1 last"] == f"{statistics.mean([20, 24]):.2f} ± {statistics.stdev([20, 24]):.2f}"
+    assert glmc["top-1 best"] == f"{statistics.mean([30, 25]):.2f} ± {statistics.stdev([30, 25]):.2f} (n=2)"
+    assert glmc["top-1 last"] == f"{statistics.mean([20, 24]):.2f} ± {statistics.stdev([20, 24]):.2f} (n=2)"
     assert glmc["few"] == "empty" and glmc["many"] == "50.00" and glmc["runs complete"] == "2/2"
     ce = next(r for r in rows if r["method"] == "ce")
-    assert ce["top-1 best"] == "7.00" and ce["top-1 last"] == "7.00"
+    assert ce["top-1 best"] == "7.00 (n=1)" and ce["top-1 last"] == "7.00 (n=1)"
     assert "| cifar10 | 100 | resnet32 (width 16) | glmc |" in out
 
 
-def test_test_py_reports_in_run_folders_are_averaged(tmp_path, capsys):
-    make_run(tmp_path, "a", 1, [10.0, 20.0, 30.0])
-    make_run(tmp_path, "b", 2, [10.0, 20.0, 30.0])
-    (tmp_path / "a" / "maxnorm.json").write_text(json.dumps({"top1": 40.0, "per_class": []}))
-    (tmp_path / "b" / "maxnorm.json").write_text(json.dumps({"top1": 44.0, "per_class": []}))
-    results_main([str(tmp_path), "--csv", str(tmp_path / "t.csv")])
-    (row,) = list(csv.DictReader(open(tmp_path / "t.csv")))
-    assert row["test.py top-1"] == f"42.00 ± {statistics.stdev([40, 44]):.2f}"
+def test_each_kind_of_evaluation_has_its_own_column(tmp_path):
+    a = make_run(tmp_path, "a", 1, [10.0, 20.0, 30.0])
+    b = make_run(tmp_path, "b", 2, [10.0, 20.0, 30.0])
+    add_report(a, "best-fc_cb.json", 10.0)
+    add_report(a, "best-fc.json", 20.0, evaluation="fc")
+    add_report(b, "best-fc_cb.json", 14.0)
+    add_report(a, "maxnorm-best.json", 40.0, kind="maxnorm stage", evaluation="best")
+    (row,) = table(tmp_path)
+    assert row["test.py fc_cb (best)"] == f"12.00 ± {statistics.stdev([10, 14]):.2f} (n=2)"
+    assert row["test.py fc (best)"] == "20.00 (n=1)"  # never averaged with fc_cb
+    assert row["MaxNorm stage best (best)"] == "40.00 (n=1)"  # not shown as a test.py figure
+
+
+def test_a_fixed_data_seed_is_part_of_the_configuration(tmp_path):
+    make_run(tmp_path, "a", 1, [10.0], data_seed=1)  # data seed follows the seed (released behaviour) ...
+    make_run(tmp_path, "b", 2, [12.0], data_seed=2)  # ... so these two average as seeds
+    make_run(tmp_path, "c", 1, [20.0], data_seed=0)  # a fixed data seed: another configuration ...
+    make_run(tmp_path, "d", 2, [22.0], data_seed=0)  # ... shared by these two
+    rows = table(tmp_path)
+    assert sorted((r["data seed"], r["seeds"]) for r in rows) == [("0", "1,2"), ("= seed", "1,2")]
+
+
+def test_a_torn_metrics_line_is_skipped_with_a_warning(tmp_path, capsys):
+    folder = make_run(tmp_path, "a", 1, [10.0, 20.0])
+    with open(folder / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 3, "top1": 9')  # what a full disk can leave
+    (row,) = table(tmp_path)
+    assert row["top-1 last"] == "20.00 (n=1)"
+    err = capsys.readouterr().err
+    assert "metrics.jsonl, line 3" in err and "skipped" in err
 
 
 def test_incomplete_run_is_flagged(tmp_path, capsys):

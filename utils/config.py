@@ -1,7 +1,9 @@
 """Command-line flags shared by main.py and test.py (spellings of SPEC §1), and their checks."""
 import argparse
 import os
+import shlex
 import sys
+from typing import Sequence
 
 import torch
 
@@ -33,6 +35,22 @@ class FlagTrackingParser(argparse.ArgumentParser):
                     action.default = default
             parsed.given_flags = sorted(vars(probe))
         return parsed, extras
+
+
+def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Namespace,
+                 skip: Sequence[str] = (), extra: Sequence[str] = ()) -> str:
+    """`python <script>` with the flags the user gave (their current values), except `skip`, then `extra`."""
+    tokens = ["python", script]
+    for action in parser._actions:
+        if action.dest not in getattr(args, "given_flags", ()) or action.dest in skip or not action.option_strings:
+            continue
+        option = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
+        value = getattr(args, action.dest)
+        if action.nargs == 0:  # store_true and the like
+            tokens.append(option)
+        else:
+            tokens += [option, shlex.quote(str(value))]
+    return " ".join(tokens + list(extra))
 
 
 def add_data_and_model_args(parser: argparse.ArgumentParser) -> None:

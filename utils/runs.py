@@ -191,6 +191,17 @@ def evaluation_checkpoint_path(path: str) -> str:
     raise UsageError(f"--resume {path!r} is a folder without {BEST}; name a checkpoint file instead")
 
 
+def checkpoint_label(path: str) -> str:
+    """'best', 'latest', 'epoch20' or the file's own name."""
+    name = os.path.basename(path)
+    if name == BEST:
+        return "best"
+    if name == LATEST:
+        return "latest"
+    stem = name[:-len(".pth.tar")] if name.endswith(".pth.tar") else os.path.splitext(name)[0]
+    return f"epoch{stem[:-len('_ckpt')]}" if stem.endswith("_ckpt") and stem[:-5].isdigit() else stem
+
+
 def resumed_folders(checkpoint_path: str, stored_run_dir: Optional[str]) -> Tuple[str, str]:
     """(run folder, checkpoint folder) of a resumed run: the folder holding the checkpoint, wherever
     it now is; with --root_model the logs stay in the run folder recorded at the start if it exists."""
@@ -408,20 +419,3 @@ def run_folder_name(args: argparse.Namespace, long_tailed_subset: bool) -> str:
                      "IF": f"IF{round(1 / args.imbanlance_rate):g}" if long_tailed_subset else None,
                      "method": variant_tag(args), "seed": seeds,
                      "split": None if args.split == "released" or not long_tailed_subset else args.split})
-
-
-def resume_command(run_dir: str, argv: List[str]) -> str:
-    """The command that continues the run: its operational flags and `--resume <run folder>`
-    (everything else comes from the checkpoint)."""
-    kept, i = [], 0
-    while i < len(argv):
-        token = argv[i]
-        if token == "--resume" or token == "--seeds":
-            i += 2
-            continue
-        if token.startswith(("--resume=", "--seeds=")):
-            i += 1
-            continue
-        kept.append(token)
-        i += 1
-    return " ".join(["python", "main.py", *kept, "--resume", run_dir])
