@@ -253,7 +253,7 @@ def read_resume_checkpoint(args: argparse.Namespace) -> Optional[Dict]:
     check_resumable(checkpoint, args.resume)
     description = checkpoint_description(checkpoint)
     if description:
-        adopt_checkpoint_args(args, description["args"], defining_flags(args, description["args"]),
+        adopt_checkpoint_args(args, description["args"], defining_flags(args),
                               f"checkpoint {args.resume!r}",
                               "A resumed run keeps the settings it started with (a cosine schedule cannot be "
                               "stretched and the training set cannot change): leave the flag out, or start a new "
@@ -331,8 +331,13 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
     data = build_data(args, views=1 if args.method == "ce" else 2)
     args.num_classes = data.num_classes
     description = describe_run(args, data.train_counts, data.class_names, data.fingerprint, variant_tag(args),
-                               eval_head(args))
+                               eval_head(args), world.size)
     if checkpoint:
+        trained_with = (checkpoint_description(checkpoint) or {}).get("world_size", world.size)
+        if trained_with != world.size:
+            raise UsageError(f"checkpoint {args.resume!r} was trained by {trained_with} process(es) and this resume "
+                             f"has {world.size}: the per-process batches, data shards and BatchNorm statistics would "
+                             "change. Resume with the same number of processes, or start a new run")
         trained_on = (checkpoint_description(checkpoint) or {}).get("train_fingerprint")
         if trained_on and trained_on != data.fingerprint:
             raise UsageError(f"the training set built from --root {args.root!r} is not the one checkpoint "
@@ -372,7 +377,7 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
     describe(args, data, n_params, log)
     if not checkpoint and world.is_main:
         write_json(os.path.join(run_dir, "args.json"), {
-            **description, "parameters": n_params, "world_size": world.size, "versions": library_versions(),
+            **description, "parameters": n_params, "versions": library_versions(),
             "checkpoint_dir": ckpt_dir, "command": command_line("main.py", get_args_parser(), args)})
     train_loader, test_loader = build_loaders(data, args, device, world.rank, world.size)
     if preflight_note:

@@ -1,6 +1,8 @@
 """Shared fixtures: tiny CIFAR-format pickle releases written to a temp folder."""
 import os
 import pickle
+import signal
+import subprocess
 import sys
 
 import numpy as np
@@ -47,3 +49,29 @@ def write_cifar(root, dataset="cifar10", train_per_class=20, test_per_class=4, s
 def cifar10_root(tmp_path):
     write_cifar(str(tmp_path / "data"))
     return str(tmp_path / "data")
+
+
+# A width-8 ResNet-32 on tiny CIFAR-10-LT (IF 10 of 20 per class: 78 images, 5 steps of 16 per epoch).
+TINY_DATA = ["--dataset", "cifar10", "-a", "resnet32", "--width", "8", "--imbanlance_rate", "0.1", "-j", "0",
+             "--no_download"]
+TINY_TRAIN = TINY_DATA + ["--no_tensorboard", "-b", "16", "--lr", "0.05", "-p", "1"]
+
+
+@pytest.fixture
+def data_root(tmp_path):
+    """Tiny CIFAR-10 release: 20 training and 3 test images per class."""
+    root = str(tmp_path / "data")
+    write_cifar(root, train_per_class=20, test_per_class=3)
+    return root
+
+
+def sigterm_when(cmd, prefix, **popen_kw):
+    """Run `cmd`, send it SIGTERM when a stdout line starts with `prefix`; (exit code, stderr)."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kw)
+    for line in proc.stdout:
+        if line.startswith(prefix):
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=300)
+    return proc.returncode, err
+

@@ -11,18 +11,10 @@ import torch
 
 import main as train_script
 import test as test_script
-from tests.conftest import ROOT, write_cifar
+from tests.conftest import ROOT, TINY_DATA, TINY_TRAIN, sigterm_when, write_cifar
 from utils.config import run_cli
 
-DATA = ["--dataset", "cifar10", "-a", "resnet32", "--width", "8", "--imbanlance_rate", "0.1", "-j", "0", "--no_download"]
-TINY = DATA + ["--no_tensorboard", "-b", "16", "--lr", "0.05", "-p", "1"]
-
-
-@pytest.fixture
-def data_root(tmp_path):
-    root = str(tmp_path / "data")
-    write_cifar(root, train_per_class=20, test_per_class=3)
-    return root
+DATA, TINY = TINY_DATA, TINY_TRAIN
 
 
 def args_for(*extra):
@@ -94,14 +86,8 @@ def test_sigterm_mid_epoch_in_a_subprocess_then_resume(tmp_path, data_root, data
     # Uninterrupted reference run.
     ref = subprocess.run(cmd + ["--root_log", str(tmp_path / "a")], capture_output=True, text=True, timeout=300)
     assert ref.returncode == 0, ref.stderr
-    proc = subprocess.Popen(cmd + ["--root_log", str(tmp_path / "b")], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    for line in proc.stdout:
-        if line.startswith("epoch 1/2 step 2/"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    code, err = sigterm_when(cmd + ["--root_log", str(tmp_path / "b")], "epoch 1/2 step 2/")
+    assert code == 128 + signal.SIGTERM, err
     assert "resumes mid-epoch" in err and "--resume" in err and "Traceback" not in err
     run_dir = only_run(tmp_path / "b")
     resumed = subprocess.run(cmd + ["--resume", run_dir], capture_output=True, text=True, timeout=300)

@@ -15,20 +15,11 @@ import torch
 import main as train_script
 import test as test_script
 from scripts import maxnorm_stage
-from tests.conftest import ROOT, write_cifar
+from tests.conftest import ROOT, TINY_TRAIN, sigterm_when, write_cifar
 from utils import checkpoint as checkpoint_module
 from utils.config import run_cli
 
-DATA = ["--dataset", "cifar10", "-a", "resnet32", "--width", "8", "--imbanlance_rate", "0.1", "-j", "0",
-        "--no_download"]
-TINY = DATA + ["--no_tensorboard", "-b", "16", "--lr", "0.05", "-p", "1"]
-
-
-@pytest.fixture
-def data_root(tmp_path):
-    root = str(tmp_path / "data")
-    write_cifar(root, train_per_class=20, test_per_class=3)
-    return root
+TINY = TINY_TRAIN
 
 
 def parse(*argv):
@@ -398,13 +389,8 @@ def test_resume_command_in_a_subprocess_continues_the_same_folder(tmp_path, data
     """The resume command printed on SIGTERM, run as printed, finishes the run in its folder."""
     cmd = [sys.executable, "-u", os.path.join(ROOT, "main.py"), *TINY, "--root", data_root, "--epochs", "2",
            "--root_log", str(tmp_path / "runs")]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    for line in proc.stdout:
-        if line.startswith("epoch 1/2 step 2/"):
-            proc.send_signal(signal.SIGTERM)
-            break
-    _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+    code, err = sigterm_when(cmd, "epoch 1/2 step 2/", cwd=ROOT)
+    assert code == 128 + signal.SIGTERM, err
     command = err.strip().splitlines()[-1].strip()
     run_dir = only_run(tmp_path / "runs")
     assert command.startswith("python main.py") and command.endswith(f"--resume {run_dir}")

@@ -61,9 +61,9 @@ def code_version() -> Optional[str]:
 
 
 def describe_run(args: argparse.Namespace, train_counts: List[int], class_names: Optional[List[str]],
-                 train_fingerprint: str, variant: str, eval_head: str) -> Dict:
+                 train_fingerprint: str, variant: str, eval_head: str, world_size: int) -> Dict:
     """Everything that defines a run: written to args.json and into every checkpoint."""
-    return {"args": {k: v for k, v in vars(args).items()}, "variant": variant, "eval_head": eval_head,
+    return {"args": dict(vars(args)), "variant": variant, "eval_head": eval_head, "world_size": world_size,
             "train_counts": list(train_counts), "class_names": class_names, "train_fingerprint": train_fingerprint,
             "code_version": code_version()}
 
@@ -114,7 +114,7 @@ def adopt_checkpoint_args(args: argparse.Namespace, stored_args: Dict, flags: It
                          + "; ".join(conflicts) + f". {why}")
 
 
-def defining_flags(args: argparse.Namespace, stored_args: Dict) -> List[str]:
+def defining_flags(args: argparse.Namespace) -> List[str]:
     """Flags of this command line that define the run (all but the operational ones)."""
     return [dest for dest in vars(args) if dest not in OPERATIONAL_FLAGS]
 
