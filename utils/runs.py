@@ -38,7 +38,8 @@ OPERATIONAL_FLAGS = frozenset({
     "no_download", "skip_bad_images", "resume", "dry_run", "root_log", "root_model", "channels_last", "compile",
     "seeds", "name", "given_flags"})
 # What test.py and the MaxNorm stage take from a checkpoint: the model and the data it was trained on.
-MODEL_AND_DATA_FLAGS = ("dataset", "arch", "width", "num_classes", "imbanlance_rate", "split", "seed", "data_seed",
+# (--seed is not among them: the data seed is, and the stage's own shuffling may use another seed.)
+MODEL_AND_DATA_FLAGS = ("dataset", "arch", "width", "num_classes", "imbanlance_rate", "split", "data_seed",
                         "image_size")
 OPTION_NAMES = {"start_epoch": "--start-epoch", "batch_size": "-b/--batch_size", "arch": "-a/--arch"}
 # Keys a checkpoint needs to continue training.
