@@ -31,7 +31,8 @@ from utils.mixing import draw_mix
 from utils.progress import DivergenceWatch, EpochProgress
 from utils.rng import restore_rng_states, rng_states, seed_everything
 from utils.run_log import RunLog, library_versions, write_json
-from utils.runs import (RunLock, adopt_checkpoint_args, append_metrics, check_resumable, checkpoint_description,
+from utils.runs import (RunLock, adopt_checkpoint_args, append_metrics, check_resumable, check_training_set,
+                        checkpoint_description,
                         defining_flags, describe_run, new_run_folder, remove_temporaries, repair_records,
                         resume_checkpoint_path, resumed_folders, run_folder_name, variant_tag)
 from utils.schedule import build_scheduler, lr_factor
@@ -51,8 +52,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--warmup", default="late", choices=["late", "on_time"],
                    help="ImageNet-LT/iNat warm-up: 'late' reproduces the released schedule (the warm-up rule "
                         "applied after each epoch, so epoch 1 runs at --lr and epochs 2-12 at 0.1x..1.1x), "
-                        "'on_time' applies it before each epoch (SPEC §6)")
-    g = parser.add_argument_group("method (SPEC §3, §5; the defaults are the released code's)")
+                        "'on_time' applies it before each epoch")
+    g = parser.add_argument_group("method (the defaults are the released code's)")
     g.add_argument("--resample_weighting", type=float, default=0.0,
                    help="q of the re-sampling loader: class weight n_c ** -q (0: uniform with replacement)")
     g.add_argument("--label_weighting", type=float, default=1.2,
@@ -129,7 +130,7 @@ def check_args(args: argparse.Namespace) -> None:
 
 
 def epoch_alpha(args, epoch: int) -> Optional[float]:
-    """The cumulative alpha (SPEC §5 step 8), a fixed value under --fixed_alpha, None for CE."""
+    """The cumulative alpha (1 - (epoch / epochs) ** 2), a fixed value under --fixed_alpha, None for CE."""
     if args.method == "ce":
         return None
     return args.fixed_alpha if args.fixed_alpha is not None else cumulative_alpha(epoch, args.epochs)
@@ -164,7 +165,7 @@ def build_step_loss(args, train_counts, image_size: int, device: torch.device, m
 def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args, log: RunLog,
                     progress: EpochProgress, stop: StopRequest, device: torch.device, world: World = World(),
                     scaler: Optional[torch.amp.GradScaler] = None) -> Dict[str, float]:
-    """One pass over the uniform loader (for GLMC each batch paired with a re-sampled one, SPEC §3, §5).
+    """One pass over the uniform loader (for GLMC each batch paired with a re-sampled one).
 
     Starts at `progress.step` and returns early, with `progress` up to date, when a stop is requested.
     The host waits for the device only at progress lines (and, under torchrun, for the stop check).
@@ -241,10 +242,11 @@ def describe(args, data: DataBundle, n_params: int, log: RunLog) -> None:
     log.print(f"test images: {len(data.test)}; parameters: {n_params:,}")
 
 
-def read_resume_checkpoint(args: argparse.Namespace) -> Optional[Dict]:
+def read_resume_checkpoint(args: argparse.Namespace, world_size: int) -> Optional[Dict]:
     """The checkpoint `--resume` names, with the run's settings applied to `args` (None for a new run).
 
-    Nothing is written: a bad checkpoint or a contradicting flag stops before the run folder is touched.
+    Nothing is written: a bad checkpoint, a contradicting flag or another number of processes stops
+    before the run folder is touched.
     """
     if not args.resume:
         return None
@@ -259,6 +261,11 @@ def read_resume_checkpoint(args: argparse.Namespace) -> Optional[Dict]:
                               "stretched and the training set cannot change): leave the flag out, or start a new "
                               "run to change it",
                               canonical={"dataset": canonical_dataset})
+        trained_with = description.get("world_size", world_size)
+        if trained_with != world_size:
+            raise UsageError(f"checkpoint {args.resume!r} was trained by {trained_with} process(es) and this resume "
+                             f"has {world_size}: the per-process batches, data shards and BatchNorm statistics would "
+                             "change. Resume with the same number of processes, or start a new run")
     return checkpoint
 
 
@@ -317,7 +324,7 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
     if args.batch_size % world.size:
         raise UsageError(f"-b/--batch_size {args.batch_size} (the global batch) is not divisible by the "
                          f"{world.size} processes")
-    checkpoint = read_resume_checkpoint(args)
+    checkpoint = read_resume_checkpoint(args, world.size)
     args.data_seed = data_seed(args)
     if checkpoint and checkpoint["epoch"] >= args.epochs and not checkpoint.get("in_epoch"):
         if world.is_main:
@@ -333,15 +340,7 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
     description = describe_run(args, data.train_counts, data.class_names, data.fingerprint, variant_tag(args),
                                eval_head(args), world.size)
     if checkpoint:
-        trained_with = (checkpoint_description(checkpoint) or {}).get("world_size", world.size)
-        if trained_with != world.size:
-            raise UsageError(f"checkpoint {args.resume!r} was trained by {trained_with} process(es) and this resume "
-                             f"has {world.size}: the per-process batches, data shards and BatchNorm statistics would "
-                             "change. Resume with the same number of processes, or start a new run")
-        trained_on = (checkpoint_description(checkpoint) or {}).get("train_fingerprint")
-        if trained_on and trained_on != data.fingerprint:
-            raise UsageError(f"the training set built from --root {args.root!r} is not the one checkpoint "
-                             f"{args.resume!r} was trained on (other images or labels); point --root at that data")
+        check_training_set(checkpoint_description(checkpoint), data.fingerprint, args.root, args.resume)
     preflight_note = None
     if data.files:  # a broken data setup is reported in seconds, before anything is written
         start = time.time()

@@ -1,4 +1,4 @@
-"""CIFAR-10-LT and CIFAR-100-LT from the python-pickle releases (SPEC §2).
+"""CIFAR-10-LT and CIFAR-100-LT from the python-pickle releases, as in the released GLMC code.
 
 The long-tailed training set keeps `int(n_max * rate ** (c / (C - 1)))` images
 of class c. Which images: the released code draws them with numpy's global
@@ -49,7 +49,7 @@ class ImageArray:
 
 
 def img_num_per_class(n_max: float, num_classes: int, rate: float) -> List[int]:
-    """Per-class counts of the long-tailed training set (SPEC §2)."""
+    """Per-class counts of the long-tailed training set: int(n_max * rate ** (c / (C - 1)))."""
     if num_classes == 1:
         return [int(n_max)]
     return [int(n_max * rate ** (c / (num_classes - 1))) for c in range(num_classes)]

@@ -1,5 +1,5 @@
 """Data sets of image files: lists (`relative/path label` per line; ImageNet-LT, iNaturalist 2018)
-and class-folder trees (nepes and any ImageFolder-style data set), SPEC §2."""
+and class-folder trees (nepes and any ImageFolder-style data set)."""
 import multiprocessing
 import os
 from concurrent.futures import ThreadPoolExecutor

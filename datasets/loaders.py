@@ -1,4 +1,4 @@
-"""The data sets as torch Datasets and the paired training loaders (SPEC §3).
+"""The data sets as torch Datasets and the paired training loaders of GLMC.
 
 Each epoch's sample order, and each sample's augmentation seed, is a pure
 function of (seed, epoch), so a run resumed from a checkpoint, even one written
@@ -40,7 +40,7 @@ def class_counts(targets: Sequence[int], num_classes: int) -> List[int]:
 
 
 def resample_weights(targets: Sequence[int], counts: Sequence[int], power: float) -> torch.Tensor:
-    """Each image carries its class's weight n_c ** -q (SPEC §3)."""
+    """Each image carries its class's weight n_c ** -q."""
     return class_balance_weights(counts, power).double()[torch.as_tensor(targets)]
 
 
@@ -102,7 +102,7 @@ class EpochSampler(Sampler[int]):
 
 def make_samplers(targets: Sequence[int], counts: Sequence[int], resample_power: Optional[float], seed: int,
                   rank: int = 0, world: int = 1) -> List[EpochSampler]:
-    """The uniform sampler, and the class re-sampling one when `resample_power` is set (SPEC §3)."""
+    """The uniform sampler, and the class re-sampling one when `resample_power` is set."""
     samplers = [EpochSampler(len(targets), seed, stream=0, rank=rank, world=world)]
     if resample_power is not None:
         weights = resample_weights(targets, counts, resample_power)
@@ -112,7 +112,7 @@ def make_samplers(targets: Sequence[int], counts: Sequence[int], resample_power:
 
 class TrainLoader:
     """The uniform loader, and with `resample_power` set, batch i of it paired with batch i of the
-    class re-sampling loader (SPEC §3).
+    class re-sampling loader.
 
     Both samplers draw as many images as the data set has, so the two loaders
     have the same length and the partner batch always matches the original's size.

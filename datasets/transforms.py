@@ -1,4 +1,4 @@
-"""Augmentations (SPEC §2) and the two-view wrapper."""
+"""Augmentations of the released code and the two-view wrapper."""
 from typing import Callable, Dict, List, Tuple
 
 import torch
@@ -27,7 +27,7 @@ class RandomGaussianBlur:
 
 
 def large_train_transform(size: int, stats) -> Callable:
-    """ImageNet-LT / iNat / folder training augmentation (SPEC §2)."""
+    """ImageNet-LT / iNat / folder training augmentation."""
     return T.Compose([
         T.RandomResizedCrop(size),
         T.ColorJitter(0.4, 0.4, 0.4, 0.0),

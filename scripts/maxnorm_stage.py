@@ -34,7 +34,7 @@ from utils.metrics import evaluate  # noqa: E402
 from utils.report import table  # noqa: E402
 from utils.run_log import write_json  # noqa: E402
 from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_description,  # noqa: E402
-                        checkpoint_label, evaluation_checkpoint_path, run_folder_of)
+                        check_training_set, checkpoint_label, evaluation_checkpoint_path, run_folder_of)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -68,10 +68,7 @@ def main(args: argparse.Namespace):
                               "the flag out", canonical={"dataset": canonical_dataset})
     device = select_device(args.gpu)
     data = build_data(args, views=1)
-    trained_on = (description or {}).get("train_fingerprint")
-    if trained_on and trained_on != data.fingerprint:
-        raise UsageError(f"the training set built from --root {args.root!r} is not the one checkpoint {path!r} "
-                         "was trained on (other images or labels); point --root at that data")
+    check_training_set(description, data.fingerprint, args.root, path)
     model = model_from_checkpoint(checkpoint, path, args.arch, data.num_classes, args.width).to(device)
     test_loader = build_test_loader(data.test, args.workers)
     before = evaluate(model, test_loader, device, data.train_counts, args.shot_rule)

@@ -331,7 +331,6 @@ def test_non_finite_batchnorm_statistics_stop_before_saving(tmp_path, data_root,
 
 def test_a_failed_write_stops_with_exit_4_and_keeps_the_last_checkpoint(tmp_path, data_root, monkeypatch, capsys):
     real_save = checkpoint_module.torch.save
-    calls = {"n": 0}
 
     def disk_full_at_epoch_2(obj, f):
         if isinstance(obj, dict) and obj.get("epoch") == 2:
@@ -345,7 +344,7 @@ def test_a_failed_write_stops_with_exit_4_and_keeps_the_last_checkpoint(tmp_path
     run_dir = only_run(tmp_path / "runs")
     assert code == 4 and "Traceback" not in err, err
     assert "No space left on device" in err and os.path.join(run_dir, "ckpt.pth.tar") in err
-    assert "--resume" in err and calls["n"] == 0
+    assert "--resume" in err
     assert ckpt_epoch(os.path.join(run_dir, "ckpt.pth.tar")) == 1
     assert not [n for n in os.listdir(run_dir) if n.startswith(".tmp_")]
     assert "No space left on device" in open(os.path.join(run_dir, "log.txt")).read()
@@ -398,3 +397,13 @@ def test_resume_command_in_a_subprocess_continues_the_same_folder(tmp_path, data
                              cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr
     assert epochs_in_metrics(run_dir) == [1, 2]
+
+
+def test_resume_on_other_training_images_is_refused(tmp_path, data_root, monkeypatch, capsys):
+    run_dir = stopped_after_epoch_one(data_root, tmp_path / "runs", monkeypatch)
+    other = str(tmp_path / "other")
+    write_cifar(other, train_per_class=20, test_per_class=3, seed=1)  # same counts, other pixels
+    before = snapshot(run_dir)
+    code, _, err = cli(train_script, TINY + ["--root", other, "--epochs", "3", "--resume", run_dir], capsys)
+    assert code == 2 and "is not the one checkpoint" in err and other in err
+    assert snapshot(run_dir) == before

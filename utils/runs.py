@@ -120,6 +120,14 @@ def defining_flags(args: argparse.Namespace) -> List[str]:
     return [dest for dest in vars(args) if dest not in OPERATIONAL_FLAGS]
 
 
+def check_training_set(description: Optional[Dict], fingerprint: str, root: str, path: str) -> None:
+    """The training set built from `root` must be the one the checkpoint was trained on (when it says)."""
+    trained_on = (description or {}).get("train_fingerprint")
+    if trained_on and trained_on != fingerprint:
+        raise UsageError(f"the training set built from --root {root!r} is not the one checkpoint {path!r} was "
+                         "trained on (other images or labels); point --root at that data")
+
+
 def check_resumable(checkpoint: Dict, path: str) -> None:
     missing = [k for k in RESUME_KEYS if k not in checkpoint]
     if missing:
