@@ -13,7 +13,6 @@ import shlex
 import time
 from typing import Dict, Optional
 
-import numpy as np
 import torch
 
 from datasets import CIFAR_INFO, DataBundle, build_data, build_loaders, canonical_dataset, data_seed
@@ -25,9 +24,8 @@ from utils.config import (FlagTrackingParser, add_data_and_model_args, check_com
 from utils.distributed import World, any_rank, broadcast_object, close_world, init_world
 from utils.errors import EXIT_DIVERGED, RunStopped, UsageError, WriteFailed
 from utils.interrupt import StopRequest
-from utils.losses import LossOptions, ce_loss, class_balance_weights, cumulative_alpha, glmc_loss, log_class_prior
+from utils.losses import LossOptions, cumulative_alpha, log_class_prior
 from utils.metrics import evaluate, format_group
-from utils.mixing import draw_mix
 from utils.progress import DivergenceWatch, EpochProgress
 from utils.rng import restore_rng_states, rng_states, seed_everything
 from utils.run_log import RunLog, library_versions, write_json
@@ -36,7 +34,8 @@ from utils.runs import (RunLock, adopt_checkpoint_args, append_metrics, check_re
                         defining_flags, describe_run, new_run_folder, remove_temporaries, repair_records,
                         resume_checkpoint_path, resumed_folders, run_folder_name, variant_tag)
 from utils.schedule import build_scheduler, lr_factor
-from utils.speed import autocast, grad_scaler, prepare_model
+from utils.speed import grad_scaler, prepare_model
+from utils.train_step import COMPILE_MODES, CEStep, GLMCStep, train_step
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -93,7 +92,10 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
                    help="mixed precision for the forward pass (fp16 with a gradient scaler); losses stay fp32")
     g.add_argument("--channels_last", action="store_true", help="channels_last memory format")
-    g.add_argument("--compile", action="store_true", help="torch.compile the model")
+    g.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+                   help="torch.compile the training step (both forward passes and the loss): 'default' when "
+                        "given alone, 'reduce-overhead' to replay it as a CUDA graph, 'max-autotune'; "
+                        "off when left out")
     g.add_argument("--sync_bn", action="store_true",
                    help="with torchrun: SyncBatchNorm (default: per-process statistics, as the released DataParallel)")
     g = parser.add_argument_group("run")
@@ -136,30 +138,16 @@ def epoch_alpha(args, epoch: int) -> Optional[float]:
     return args.fixed_alpha if args.fixed_alpha is not None else cumulative_alpha(epoch, args.epochs)
 
 
-def build_step_loss(args, train_counts, image_size: int, device: torch.device, mix_rng: np.random.Generator):
-    """The loss of one training batch for --method: `step_loss(model, batch, epoch) -> (loss, terms)`."""
+def build_step_loss(args, train_counts, image_size: int, device: torch.device):
+    """The loss of one training batch for --method: `step_loss(model, batch, step) -> (loss, terms)`."""
     if args.method == "ce":
-        def ce_step(model, batch, epoch):
-            ((x, y),) = batch
-            return ce_loss(model, x.to(device, non_blocking=True), y.to(device))
-        return ce_step
-
-    class_weights = class_balance_weights(train_counts, args.label_weighting).to(device)
+        return CEStep(device, args.compile)
     opts = LossOptions(args.contrast_weight, args.local_label == "area", args.mix_reduction == "mean",
                        global_mix=not args.no_global_mix, local_mix=not args.no_local_mix,
                        consistency=not args.no_consistency, reweight=not args.no_reweight,
                        log_prior=log_class_prior(train_counts).to(device) if args.balanced_softmax else None)
-    beta = args.beta if args.lambda_dist == "beta" else None
-
-    def glmc_step(model, batch, epoch):
-        ((a1, a2), y), ((b1, b2), y_b) = batch
-        n = min(len(y), len(y_b))  # differ only when --skip_bad_images dropped images
-        a1, a2, y, b1, b2, y_b = a1[:n], a2[:n], y[:n], b1[:n], b2[:n], y_b[:n]
-        a1, a2, y = a1.to(device, non_blocking=True), a2.to(device, non_blocking=True), y.to(device)
-        b1, b2, y_b = b1.to(device, non_blocking=True), b2.to(device, non_blocking=True), y_b.to(device)
-        mix = draw_mix(mix_rng, image_size, image_size, beta)
-        return glmc_loss(model, a1, a2, y, b1, b2, y_b, mix, class_weights, epoch_alpha(args, epoch), opts)
-    return glmc_step
+    return GLMCStep(train_counts, args.label_weighting, opts, lambda epoch: epoch_alpha(args, epoch), image_size,
+                    args.seed, args.beta if args.lambda_dist == "beta" else None, device, args.compile)
 
 
 def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args, log: RunLog,
@@ -173,39 +161,38 @@ def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args,
     model.train()
     start, seen_before, steps = time.time(), progress.seen, len(train_loader)
     watch = DivergenceWatch(device)
+    step_loss.begin_epoch(epoch, steps)
     for batch in train_loader.epoch(epoch, skip_batches=progress.step):
-        if any(part is None for part in batch):  # a batch of undecodable images only (--skip_bad_images)
+        empty = any(part is None for part in batch)  # only undecodable images (--skip_bad_images)
+        if args.skip_bad_images and world.enabled:  # every process skips the step, or none: no collective waits
+            (empty,) = any_rank(world, [empty], device)
+        if empty:
             progress.step += 1
             continue
-        with autocast(args.amp, device):
-            loss, terms = step_loss(model, batch, epoch)
+        loss, terms = train_step(model, optimizer, step_loss, batch, progress.step, args.amp, args.compile, device,
+                                 scaler)
         watch.update(progress.step, loss, terms)
-        optimizer.zero_grad(set_to_none=True)
-        if scaler is None:
-            loss.backward()
-            optimizer.step()
-        else:
-            scaler.scale(loss).backward()
-            scaler.step(optimizer)
-            scaler.update()
         n = min(len(part[1]) for part in batch)
         for k, v in terms.items():
             progress.sums[k] = progress.sums.get(k, 0.0) + v * n
         progress.seen += n
         progress.step += 1
-        if (progress.step - 1) % args.print_freq == 0 or progress.step == steps:
+        progress_line = (progress.step - 1) % args.print_freq == 0 or progress.step == steps
+        if progress_line:
             watch.check(epoch, world, device)
             rate = (progress.seen - seen_before) * world.size / (time.time() - start)
             log.print(f"epoch {epoch + 1}/{args.epochs} step {progress.step}/{steps} "
                       + " ".join(f"{k} {v:.4f}" for k, v in progress.means().items())
                       + f" lr {optimizer.param_groups[0]['lr']:.5f} {rate:.0f} img/s")
-        (stopping,) = any_rank(world, [stop.signum is not None], device)
-        if stopping:
+        # under torchrun the stop request is exchanged at progress lines only (a collective is a host sync)
+        if (progress_line or not world.enabled) and any_rank(world, [stop.signum is not None], device)[0]:
             break
     watch.check(epoch, world, device)
     elapsed = time.time() - start
     stats = {**progress.means(), "alpha": epoch_alpha(args, epoch), "seconds": elapsed,
              "images_per_s": (progress.seen - seen_before) * world.size / max(elapsed, 1e-9)}
+    if device.type == "cuda":
+        stats["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
     skipped = getattr(train_loader.dataset, "take_skipped", lambda: 0)()
     if args.skip_bad_images:
         stats["skipped_images"] = skipped
@@ -331,9 +318,6 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
             close_finished_run(args, checkpoint)
         return None
     seed_everything(args.seed)
-    if world.enabled and torch.cuda.is_available() and world.local_rank >= torch.cuda.device_count():
-        raise UsageError(f"torchrun started more processes per node than this machine has GPUs "
-                         f"({torch.cuda.device_count()}); lower --nproc_per_node")
     device = select_device(world.local_rank if world.enabled and torch.cuda.is_available() else args.gpu)
     data = build_data(args, views=1 if args.method == "ce" else 2)
     args.num_classes = data.num_classes
@@ -388,21 +372,20 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
         log.print(f"dry run: {len(train_loader)} steps per epoch; data, loaders and model built; exiting")
         return None
 
-    model = prepare_model(model, device, world, args.channels_last, args.sync_bn, args.compile,
+    model = prepare_model(model, device, world, args.channels_last, args.sync_bn,
                           find_unused=args.method == "ce" or args.no_consistency)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum,
                                 weight_decay=args.weight_decay)
     scheduler = build_scheduler(optimizer, args.dataset, args.epochs, late_warmup=args.warmup == "late")
     scaler = grad_scaler(args.amp, device)
-    mix_rng = np.random.default_rng(args.seed)
-    step_loss = build_step_loss(args, data.train_counts, data.image_size, device, mix_rng)
+    step_loss = build_step_loss(args, data.train_counts, data.image_size, device)
     best_acc1, best_epoch, start_epoch, progress = 0.0, None, args.start_epoch, EpochProgress()
     if checkpoint:
         optimizer.load_state_dict(checkpoint["optimizer"])
         scheduler.load_state_dict(checkpoint["scheduler"])
         if scaler is not None and checkpoint.get("scaler"):
             scaler.load_state_dict(checkpoint["scaler"])
-        restore_rng_states(checkpoint["rng"], mix_rng)
+        restore_rng_states(checkpoint["rng"], device)
         best_acc1, start_epoch = checkpoint["best_acc1"], checkpoint["epoch"]
         best_epoch = checkpoint.get("best_epoch", start_epoch if start_epoch else None)
         progress = EpochProgress(**checkpoint.get("in_epoch") or {})
@@ -428,7 +411,7 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
             state = {"epoch": epochs_done, "arch": args.arch, "state_dict": state_dict, "best_acc1": best_acc1,
                      "best_epoch": best_epoch, "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "rng": rng_states(mix_rng), "in_epoch": in_epoch.snapshot() if in_epoch else None,
+                     "rng": rng_states(device), "in_epoch": in_epoch.snapshot() if in_epoch else None,
                      "record": record, "run": description, "run_dir": run_dir}
             save_checkpoint(state, ckpt_dir, is_best, every=20 if in_epoch is None else 0)
 

@@ -18,7 +18,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models import build_model  # noqa: E402
 from utils.losses import LossOptions, class_balance_weights, glmc_loss  # noqa: E402
-from utils.mixing import draw_mix  # noqa: E402
+from utils.mixing import device_mix, draw_mix, weight_pair  # noqa: E402
 
 
 def time_steps(arch: str, width: int, num_classes: int, size: int, batch: int, steps: int, warmup: int,
@@ -29,13 +29,15 @@ def time_steps(arch: str, width: int, num_classes: int, size: int, batch: int, s
     weights = class_balance_weights([int(5000 * 0.01 ** (c / max(num_classes - 1, 1))) for c in range(num_classes)],
                                     1.2).to(device)
     rng = np.random.default_rng(0)
+    alpha = weight_pair(0.5, device)
     views = [torch.randn(batch, 3, size, size, device=device) for _ in range(4)]
     y, y_b = (torch.randint(0, num_classes, (batch,), device=device) for _ in range(2))
     elapsed = []
     for i in range(warmup + steps):
         start = time.perf_counter()
-        loss, _ = glmc_loss(model, views[0], views[1], y, views[2], views[3], y_b, draw_mix(rng, size, size),
-                            weights, 0.5, LossOptions(4.0))
+        mix = device_mix(draw_mix(rng, size, size), size, size, device)
+        loss, _ = glmc_loss(model, views[0], views[1], y, views[2], views[3], y_b, mix, weights, alpha,
+                            LossOptions(4.0))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -37,8 +37,10 @@ from datasets.loaders import ImageArrayDataset  # noqa: E402
 from datasets.transforms import TwoViews, cifar_test_transform, cifar_train_transform  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.distributed import World  # noqa: E402
+from utils.losses import LossOptions  # noqa: E402
 from utils.metrics import evaluate  # noqa: E402
 from utils.speed import autocast, prepare_model  # noqa: E402
+from utils.train_step import GLMCStep  # noqa: E402
 
 EPOCHS, BATCH, TEST_IMAGES = 200, 64, 10000
 
@@ -70,8 +72,6 @@ def sync(device: torch.device) -> None:
 
 def measure_one(kind: str, data_path: str, width: int, opts) -> Dict:
     """One configuration, in this process."""
-    from main import build_step_loss
-
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     data = synthetic_cifar10_lt()
     args = run_args(opts, data_path, width)
@@ -89,9 +89,11 @@ def measure_one(kind: str, data_path: str, width: int, opts) -> Dict:
         result["samples_per_s"] = n / (time.perf_counter() - start)
     else:
         model = prepare_model(build_model("resnet32", 10, width), device, world=World(),
-                              channels_last=opts.channels_last, compile_model=opts.compile)
+                              channels_last=opts.channels_last)
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-3)
-        step_loss = build_step_loss(args, data.train_counts, 32, device, np.random.default_rng(0))
+        step_loss = GLMCStep(data.train_counts, 1.2, LossOptions(4.0), lambda epoch: 0.5, 32, 0, None, device,
+                             "default" if opts.compile else None)
+        step_loss.begin_epoch(0, len(train_loader))
         model.train()
         timings = []
         for i in range(opts.warmup + opts.steps):
@@ -99,7 +101,7 @@ def measure_one(kind: str, data_path: str, width: int, opts) -> Dict:
             start = time.perf_counter()
             batch = next(batches)
             with autocast(opts.amp, device):
-                loss, _ = step_loss(model, batch, 0)
+                loss, _ = step_loss(model, batch, i)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -108,8 +110,7 @@ def measure_one(kind: str, data_path: str, width: int, opts) -> Dict:
                 timings.append(time.perf_counter() - start)
         step_s = float(np.median(timings))
         start = time.perf_counter()
-        with autocast(opts.amp, device):
-            evaluate(model, test_loader, device, data.train_counts)
+        evaluate(model, test_loader, device, data.train_counts)
         eval_s = time.perf_counter() - start
         steps_per_epoch = len(train_loader)
         result.update(width=width, amp=opts.amp, channels_last=opts.channels_last, compile=opts.compile,

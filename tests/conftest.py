@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny CIFAR-format pickle releases written to a temp folder."""
+"""Shared fixtures: tiny CIFAR-format pickle releases written to a temp folder, and the devices to test on."""
 import os
 import pickle
 import signal
@@ -7,6 +7,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -75,3 +76,12 @@ def sigterm_when(cmd, prefix, **popen_kw):
     _, err = proc.communicate(timeout=300)
     return proc.returncode, err
 
+
+
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=CUDA)])
+def device(request):
+    """Each device present: the CPU always, CUDA when there is a GPU (skipped, and shown so, otherwise)."""
+    return request.param

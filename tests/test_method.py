@@ -1,4 +1,4 @@
-"""The GLMC step against SPEC §5 computed independently in the test."""
+"""The GLMC step against the method's formulas, computed independently in the test, on every device present."""
 import math
 
 import numpy as np
@@ -9,7 +9,7 @@ from torch import nn
 
 from utils.losses import (LossOptions, ce_loss, class_balance_weights, cumulative_alpha, glmc_loss, log_class_prior,
                           negative_cosine)
-from utils.mixing import Mix, cutmix_box, draw_mix
+from utils.mixing import HostMix, box_mask, cutmix_box, device_mix, draw_mix, epoch_mixes, local_mix, weight_pair
 
 
 class TinyNet(nn.Module):
@@ -72,17 +72,27 @@ def reference_loss(net, a1, a2, y, b1, b2, yb, lam, box, counts, gamma, alpha, c
 
 
 @pytest.fixture
-def batch():
+def batch(device):
     g = torch.Generator().manual_seed(1)
     a1, a2, b1, b2 = (torch.randn(5, 3, 4, 4, generator=g) for _ in range(4))
-    return a1, a2, torch.tensor([0, 1, 2, 0, 1]), b1, b2, torch.tensor([2, 2, 1, 0, 0])
+    parts = a1, a2, torch.tensor([0, 1, 2, 0, 1]), b1, b2, torch.tensor([2, 2, 1, 0, 0])
+    return tuple(t.to(device) for t in parts)
 
 
-def test_loss_equals_spec_formula(batch):
-    net = TinyNet()
+def mix_of(lam, box, device):
+    return device_mix(HostMix(lam, box), 4, 4, torch.device(device))
+
+
+def pair(alpha, device):
+    return weight_pair(alpha, torch.device(device))
+
+
+def test_loss_equals_spec_formula(batch, device):
+    net = TinyNet().to(device)
     counts, gamma, alpha, cw = [50, 10, 2], 1.2, 0.7, 4.0
-    mix = Mix(0.3, (1, 3, 0, 2))
-    loss, terms = glmc_loss(net, *batch, mix, class_balance_weights(counts, gamma), alpha, LossOptions(cw))
+    mix = mix_of(0.3, (1, 3, 0, 2), device)
+    loss, terms = glmc_loss(net, *batch, mix, class_balance_weights(counts, gamma), pair(alpha, device),
+                            LossOptions(cw))
     ref, bal, rebal, cons = reference_loss(net, *batch, 0.3, (1, 3, 0, 2), counts, gamma, alpha, cw)
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     assert terms["balance"].item() == pytest.approx(bal.item(), rel=1e-5)
@@ -90,22 +100,25 @@ def test_loss_equals_spec_formula(batch):
     assert terms["consistency"].item() == pytest.approx(cons.item(), rel=1e-5)
 
 
-def test_paper_variants(batch):
-    net = TinyNet()
-    counts, mix = [50, 10, 2], Mix(0.3, (1, 3, 0, 2))
-    weights = class_balance_weights(counts, 1.2)
+def test_paper_variants(batch, device):
+    net = TinyNet().to(device)
+    counts, mix = [50, 10, 2], mix_of(0.3, (1, 3, 0, 2), device)
+    weights = class_balance_weights(counts, 1.2).to(device)
     area_lam = 1 - (2 * 2) / 16  # the pasted box covers 4 of 16 pixels
-    loss, _ = glmc_loss(net, *batch, mix, weights, 0.7, LossOptions(4.0, local_label_from_area=True))
+    loss, _ = glmc_loss(net, *batch, mix, weights, pair(0.7, device),
+                        LossOptions(4.0, local_label_from_area=True))
     ref = reference_loss(net, *batch, 0.3, (1, 3, 0, 2), counts, 1.2, 0.7, 4.0, lam_local=area_lam)[0]
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
-    summed, _ = glmc_loss(net, *batch, mix, weights, 0.7, LossOptions(4.0))
-    meaned, _ = glmc_loss(net, *batch, mix, weights, 0.7, LossOptions(4.0, mean_over_mixes=True))
+    summed, _ = glmc_loss(net, *batch, mix, weights, pair(0.7, device), LossOptions(4.0))
+    meaned, _ = glmc_loss(net, *batch, mix, weights, pair(0.7, device),
+                          LossOptions(4.0, mean_over_mixes=True))
     assert meaned.item() == pytest.approx(summed.item() / 2, rel=1e-5)
 
 
-def test_inputs_are_not_modified(batch):
+def test_inputs_are_not_modified(batch, device):
     copies = [t.clone() for t in batch]
-    glmc_loss(TinyNet(), *batch, Mix(0.5, (0, 4, 0, 4)), class_balance_weights([5, 3, 1], 1.0), 0.5)
+    glmc_loss(TinyNet().to(device), *batch, mix_of(0.5, (0, 4, 0, 4), device), class_balance_weights([5, 3, 1], 1.0),
+              pair(0.5, device))
     assert all(torch.equal(a, b) for a, b in zip(batch, copies))
 
 
@@ -116,11 +129,12 @@ def test_consistency_sends_no_gradient_into_z():
     assert z.grad is None and p.grad is not None and p.grad.abs().sum() > 0
 
 
-def test_consistency_gradient_on_projection_head_flows_through_p_only(batch):
+def test_consistency_gradient_on_projection_head_flows_through_p_only(batch, device):
     a1, a2, y, b1, b2, yb = batch
     box = (0, 2, 0, 2)
-    net = TinyNet()
-    loss, _ = glmc_loss(net, *batch, Mix(0.4, box), class_balance_weights([3, 2, 1], 1.0), 0.5, LossOptions(1.0))
+    net = TinyNet().to(device)
+    loss, _ = glmc_loss(net, *batch, mix_of(0.4, box, device), class_balance_weights([3, 2, 1], 1.0), pair(0.5, device),
+                        LossOptions(1.0))
     loss.backward()  # only the consistency term reaches the projection head
     ours = net.projection_head.weight.grad.clone()
 
@@ -166,6 +180,47 @@ def test_same_seed_same_draws():
     assert a == b
 
 
+@pytest.mark.parametrize("height,width", [(4, 4), (5, 3)])
+def test_mask_blend_equals_box_pasting_for_every_box(device, height, width):
+    g = torch.Generator().manual_seed(3)
+    a, b = (torch.randn(2, 3, height, width, generator=g).to(device) for _ in range(2))
+    boxes = [(t, bo, l, r) for t in range(height + 1) for bo in range(t, height + 1)
+             for l in range(width + 1) for r in range(l, width + 1)]
+    for box in boxes:
+        pasted = a.clone()
+        pasted[:, :, box[0]:box[1], box[2]:box[3]] = b[:, :, box[0]:box[1], box[2]:box[3]]
+        blended = local_mix(a, b, torch.tensor(box, device=device))
+        assert torch.equal(blended, pasted), box
+        assert int(box_mask(torch.tensor(box), height, width).sum()) == (box[1] - box[0]) * (box[3] - box[2])
+
+
+def test_device_weights_round_like_python_floats(device):
+    """w * x + (1 - w) * y with Python floats and with the (w, 1 - w) device pair: the same bits."""
+    g = torch.Generator().manual_seed(4)
+    a, b = (torch.randn(3, 3, 4, 4, generator=g).to(device) for _ in range(2))
+    for lam in (0.1, 1 / 3, 0.7, 0.123456789):
+        mix = mix_of(lam, (0, 2, 1, 3), device)
+        assert torch.equal(mix.lam[0] * a + mix.lam[1] * b, lam * a + (1.0 - lam) * b)
+        assert mix.lam.dtype == torch.float32 and mix.lam.device.type == torch.device(device).type
+        kept = 1.0 - 4 / 16
+        assert mix.area.tolist() == [np.float32(kept), np.float32(1.0 - kept)]
+
+
+def test_epoch_mixes_are_a_function_of_seed_and_epoch():
+    cpu = torch.device("cpu")
+    first, again = epoch_mixes(7, 3, 20, 32, 32, None, cpu), epoch_mixes(7, 3, 20, 32, 32, None, cpu)
+    other = epoch_mixes(7, 4, 20, 32, 32, None, cpu)
+    assert torch.equal(first.lam, again.lam) and torch.equal(first.box, again.box)
+    assert not torch.equal(first.lam, other.lam)
+    # row s is the s-th draw of numpy's generator seeded with (seed, stream 5, epoch)
+    rng = np.random.default_rng([7, 5, 3])
+    draws = [draw_mix(rng, 32, 32) for _ in range(20)]
+    assert first.box.tolist() == [list(d.box) for d in draws]
+    assert first.lam[:, 0].tolist() == [np.float32(d.lam) for d in draws]
+    step = first.step(5)
+    assert step.box.tolist() == list(draws[5].box) and step.lam.shape == (2,)
+
+
 def test_cumulative_alpha():
     assert cumulative_alpha(0, 200) == 1.0
     assert cumulative_alpha(100, 200) == pytest.approx(0.75)
@@ -188,18 +243,19 @@ ABLATION_CASES = {
 
 
 @pytest.mark.parametrize("switch", list(ABLATION_CASES))
-def test_each_ablation_changes_only_its_term(batch, switch):
-    net = TinyNet()
-    counts, mix = [50, 10, 2], Mix(0.3, (1, 3, 0, 2))
+def test_each_ablation_changes_only_its_term(batch, switch, device):
+    net = TinyNet().to(device)
+    counts, mix = [50, 10, 2], mix_of(0.3, (1, 3, 0, 2), device)
     ours, ref_kw = ABLATION_CASES[switch]
     kw = dict(lam=0.3, box=(1, 3, 0, 2), counts=counts, gamma=1.2, alpha=0.7, cw=4.0)
     kw.update(ref_kw)
     ref, bal, rebal, cons = reference_loss(net, *batch, **kw)
-    loss, terms = glmc_loss(net, *batch, mix, class_balance_weights(counts, 1.2), 0.7, LossOptions(4.0, **ours))
+    loss, terms = glmc_loss(net, *batch, mix, class_balance_weights(counts, 1.2), pair(0.7, device),
+                            LossOptions(4.0, **ours))
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     for name, value in (("balance", bal), ("rebalance", rebal), ("consistency", cons)):
         assert terms[name].item() == pytest.approx(value.item(), rel=1e-5, abs=1e-7)
-    _, full = glmc_loss(net, *batch, mix, class_balance_weights(counts, 1.2), 0.7, LossOptions(4.0))
+    _, full = glmc_loss(net, *batch, mix, class_balance_weights(counts, 1.2), pair(0.7, device), LossOptions(4.0))
     changed = {k for k in ("balance", "rebalance", "consistency") if abs(full[k] - terms[k]) > 1e-7}
     expected = {"no_consistency": {"consistency"}, "no_reweight": {"rebalance"},
                 "no_global_mix": {"balance", "rebalance", "consistency"},
@@ -207,14 +263,14 @@ def test_each_ablation_changes_only_its_term(batch, switch):
     assert changed == expected
 
 
-def test_balanced_softmax_shifts_only_the_rebalanced_logits(batch):
-    net = TinyNet()
-    counts, mix = [50, 10, 2], Mix(0.3, (1, 3, 0, 2))
+def test_balanced_softmax_shifts_only_the_rebalanced_logits(batch, device):
+    net = TinyNet().to(device)
+    counts, mix = [50, 10, 2], mix_of(0.3, (1, 3, 0, 2), device)
     prior = torch.log(torch.tensor([50.0, 10.0, 2.0]) / 62.0)
     assert torch.allclose(log_class_prior(counts), prior)
     ref, bal, rebal, _ = reference_loss(net, *batch, 0.3, (1, 3, 0, 2), counts, 1.2, 0.7, 4.0, log_prior=prior)
-    loss, terms = glmc_loss(net, *batch, mix, class_balance_weights(counts, 1.2), 0.7,
-                            LossOptions(4.0, log_prior=log_class_prior(counts)))
+    loss, terms = glmc_loss(net, *batch, mix, class_balance_weights(counts, 1.2), pair(0.7, device),
+                            LossOptions(4.0, log_prior=log_class_prior(counts).to(device)))
     assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
     assert terms["rebalance"].item() == pytest.approx(rebal.item(), rel=1e-5)
     assert terms["balance"].item() == pytest.approx(bal.item(), rel=1e-5)

@@ -11,6 +11,7 @@ import torch
 
 import main as train_script
 import test as test_script
+import utils.train_step as train_step_module
 from tests.conftest import ROOT, TINY_DATA, TINY_TRAIN, sigterm_when, write_cifar
 from utils.config import run_cli
 
@@ -61,7 +62,7 @@ def test_resume_after_epoch_one_is_bit_identical(tmp_path, data_root, monkeypatc
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_root, monkeypatch):
     calls = {"n": 0}
-    real_loss = train_script.glmc_loss
+    real_loss = train_step_module.glmc_loss
 
     def loss_turning_nan(*a, **kw):
         calls["n"] += 1
@@ -70,7 +71,7 @@ def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_root, mo
             return loss * float("nan"), {**terms, "loss": terms["loss"] * float("nan")}
         return loss, terms
 
-    monkeypatch.setattr(train_script, "glmc_loss", loss_turning_nan)
+    monkeypatch.setattr(train_step_module, "glmc_loss", loss_turning_nan)
     with pytest.raises(train_script.RunStopped) as stopped:
         train_script.main(args_for("--root", data_root, "--epochs", "3", "--root_log", str(tmp_path / "runs")))
     message = str(stopped.value)

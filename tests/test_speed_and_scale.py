@@ -18,12 +18,13 @@ TINY = ["--dataset", "cifar10", "-a", "resnet32", "--width", "8", "--imbanlance_
         "--no_download", "--no_tensorboard", "-b", "16", "-p", "100"]
 
 
-def test_crops_and_flips_equal_a_numpy_reference():
+def test_crops_and_flips_equal_a_numpy_reference(device):
     rng = np.random.RandomState(0)
     images = rng.randint(0, 256, size=(6, 3, 32, 32), dtype=np.uint8)
     top, left = torch.tensor([0, 8, 3, 4, 8, 1]), torch.tensor([0, 8, 5, 0, 2, 7])
     flip = torch.tensor([False, True, True, False, False, True])
-    out = crop_flip(torch.from_numpy(images), top, left, flip).numpy()
+    out = crop_flip(torch.from_numpy(images).to(device), top.to(device), left.to(device), flip.to(device)).cpu().numpy()
+    top, left = top.tolist(), left.tolist()
     for i in range(6):
         padded = np.pad(images[i], ((0, 0), (4, 4), (4, 4)))
         expected = padded[:, top[i]:top[i] + 32, left[i]:left[i] + 32]

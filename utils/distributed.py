@@ -10,6 +10,8 @@ from typing import Any, List
 import torch
 import torch.distributed as dist
 
+from utils.errors import UsageError
+
 
 @dataclass(frozen=True)
 class World:
@@ -27,13 +29,26 @@ class World:
 
 
 def init_world() -> World:
-    """Join the process group that torchrun describes (NCCL on GPUs, gloo on the CPU)."""
+    """Join the process group that torchrun describes: NCCL on GPUs, gloo on the CPU.
+
+    On GPUs each process first makes its own GPU (LOCAL_RANK) the current device and names it to
+    the process group: the object collectives put their tensors on the current device, and with
+    every process on cuda:0 NCCL fails or hangs.
+    """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
-    if not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    if dist.is_initialized():
+        return world
+    if not torch.cuda.is_available():
+        dist.init_process_group("gloo")
+        return world
+    if world.local_rank >= torch.cuda.device_count():
+        raise UsageError(f"torchrun started more processes per node than this machine has GPUs "
+                         f"({torch.cuda.device_count()}); lower --nproc_per_node")
+    torch.cuda.set_device(world.local_rank)
+    dist.init_process_group("nccl", device_id=torch.device("cuda", world.local_rank))
     return world
 
 

@@ -1,4 +1,4 @@
-"""The GLMC objective (SPEC §5). `glmc_loss` reads like the SPEC's steps 2-9."""
+"""The GLMC objective: `glmc_loss` reads like the method's steps (mix, label, both heads, consistency, weighting)."""
 from dataclasses import dataclass
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -13,7 +13,8 @@ from utils.mixing import Mix, global_mix, local_mix
 class LossOptions:
     """Released behaviour by default.
 
-    `local_label_from_area` and `mean_over_mixes` are the paper variants of SPEC §9.
+    `local_label_from_area` and `mean_over_mixes` are the paper's variants (the released code
+    labels the CutMix image with lambda and sums the two mixes' losses).
     The ablation switches each turn one part off and nothing else: without the global
     (local) mix that branch sees its plain view with its own label; without
     consistency or re-weighting that term is dropped or uses the plain soft labels.
@@ -38,7 +39,7 @@ def class_balance_weights(counts: Sequence[int], power: float) -> torch.Tensor:
 
 
 def cumulative_alpha(epoch: int, epochs: int) -> float:
-    """alpha = 1 - (epoch / epochs) ** 2, epoch counted from 0 (SPEC §5 step 8)."""
+    """alpha = 1 - (epoch / epochs) ** 2, epoch counted from 0, as in the released code."""
     return 1.0 - (epoch / epochs) ** 2
 
 
@@ -52,18 +53,17 @@ def negative_cosine(p: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
     return -F.cosine_similarity(p.float(), z.detach().float(), dim=1).mean()
 
 
-def mixed_label(e_a: torch.Tensor, e_b: torch.Tensor, lam: float) -> torch.Tensor:
-    return lam * e_a + (1.0 - lam) * e_b
+def mixed_label(e_a: torch.Tensor, e_b: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """weights[0] * e_a + weights[1] * e_b, with weights = (w, 1 - w)."""
+    return weights[0] * e_a + weights[1] * e_b
 
 
 def glmc_loss(model: nn.Module, a1: torch.Tensor, a2: torch.Tensor, y: torch.Tensor,
               b1: torch.Tensor, b2: torch.Tensor, y_b: torch.Tensor, mix: Mix,
-              class_weights: torch.Tensor, alpha: float,
+              class_weights: torch.Tensor, alpha: torch.Tensor,
               opts: LossOptions = LossOptions()) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
-    """One GLMC step's loss. (a1, a2, y): original views and labels; (b1, b2, y_b): partner's."""
-    lam_g = mix.lam if opts.global_mix else 1.0
-    lam_l = 1.0 - mix.pasted_fraction(*a2.shape[-2:]) if opts.local_label_from_area else mix.lam
-    lam_l = lam_l if opts.local_mix else 1.0
+    """One GLMC step's loss. (a1, a2, y): original views and labels; (b1, b2, y_b): partner's;
+    `alpha` holds (alpha, 1 - alpha) on the device (see `utils.mixing.weight_pair`)."""
     x_g = global_mix(a1, b1, mix.lam) if opts.global_mix else a1
     x_l = local_mix(a2, b2, mix.box) if opts.local_mix else a2
 
@@ -71,8 +71,10 @@ def glmc_loss(model: nn.Module, a1: torch.Tensor, a2: torch.Tensor, y: torch.Ten
     e, e_b = F.one_hot(y, num_classes).float(), F.one_hot(y_b, num_classes).float()
     w = class_weights.to(e.device) if opts.reweight else torch.ones_like(class_weights, device=e.device)
     ew, ew_b = w[y, None] * e, w[y_b, None] * e_b
-    t_g, t_l = mixed_label(e, e_b, lam_g), mixed_label(e, e_b, lam_l)
-    tw_g, tw_l = mixed_label(ew, ew_b, lam_g), mixed_label(ew, ew_b, lam_l)
+    local_weights = mix.area if opts.local_label_from_area else mix.lam
+    t_g, tw_g = (mixed_label(e, e_b, mix.lam), mixed_label(ew, ew_b, mix.lam)) if opts.global_mix else (e, ew)
+    t_l, tw_l = ((mixed_label(e, e_b, local_weights), mixed_label(ew, ew_b, local_weights)) if opts.local_mix
+                 else (e, ew))
 
     o_g, c_g, z_g, p_g = model(x_g, train=True)
     o_l, c_l, z_l, p_l = model(x_l, train=True)
@@ -85,7 +87,7 @@ def glmc_loss(model: nn.Module, a1: torch.Tensor, a2: torch.Tensor, y: torch.Ten
     if opts.mean_over_mixes:
         balance, rebalance, consistency = balance / 2, rebalance / 2, consistency / 2
 
-    loss = alpha * balance + (1 - alpha) * rebalance + opts.contrast_weight * consistency
+    loss = alpha[0] * balance + alpha[1] * rebalance + opts.contrast_weight * consistency
     return loss, {"loss": loss.detach(), "balance": balance.detach(), "rebalance": rebalance.detach(),
                   "consistency": consistency.detach()}
 

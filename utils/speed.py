@@ -1,4 +1,4 @@
-"""Mixed precision, channels_last, torch.compile and DistributedDataParallel wrapping."""
+"""Mixed precision, channels_last and DistributedDataParallel wrapping (torch.compile: utils/train_step.py)."""
 import contextlib
 from typing import Optional
 
@@ -23,14 +23,12 @@ def grad_scaler(amp: str, device: torch.device) -> Optional[torch.amp.GradScaler
 
 
 def prepare_model(model: nn.Module, device: torch.device, world: World, channels_last: bool = False,
-                  sync_bn: bool = False, compile_model: bool = False, find_unused: bool = False) -> nn.Module:
-    """Move to `device`, then optionally SyncBatchNorm, channels_last, DDP (torchrun) and torch.compile."""
+                  sync_bn: bool = False, find_unused: bool = False) -> nn.Module:
+    """Move to `device`, then optionally SyncBatchNorm, channels_last and DDP (torchrun)."""
     if sync_bn and world.enabled:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model = model.to(device, memory_format=torch.channels_last if channels_last else torch.contiguous_format)
     if world.enabled:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=find_unused)
-    if compile_model:
-        model = torch.compile(model)
     return model
