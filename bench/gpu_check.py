@@ -8,9 +8,9 @@ part a). The CIFAR-10 archive is a .tar.gz of JPEGs laid out train/<class>/*.jpg
 test/<class>/*.jpg; it is converted to the python-pickle layout that main.py reads.
 Within the time budget (--minutes) it does, and writes to --out as gpu_check.md and
 gpu_check.json (the table is also printed last):
-  (a) the CUDA tests (`pytest -k cuda`);
+  (a) the CUDA tests (`pytest -k cuda`), alone on the machine;
   (b) images per second of the full training step (tensor data path, both forward
-      passes, backward, SGD update; one whole epoch of CIFAR-10-LT IF 100 shapes timed
+      passes, backward, SGD update; whole epochs of CIFAR-10-LT IF 100 shapes timed
       after a warm-up epoch) at widths 64 and 16 for fp32 eager, bf16 + channels_last,
       and bf16 + channels_last + torch.compile (default, reduce-overhead), with the GPU
       peak memory. Each setting runs in its own process; they compile side by side and
@@ -215,14 +215,14 @@ class Check:
         self.say(f"data: {archive} converted in {time.time() - start:.1f} s")
         return root
 
-    def tests_and_throughput(self, skip: set) -> None:
-        """(a) and (b): the tests and the settings' warm-ups run side by side; the timed epochs
-        run one at a time once the tests are done and every setting is warm."""
+    def throughput(self) -> None:
+        """(b): the settings warm up (and compile) side by side; the timed epochs run one at a time
+        once every setting is warm."""
         lock_path = os.path.join(self.work, "timing.lock")
         open(lock_path, "w").close()
         holder = open(lock_path)
         fcntl.flock(holder, fcntl.LOCK_EX)
-        widths = [] if "b" in skip else [8] if self.opts.smoke else [64, 16]
+        widths = [8] if self.opts.smoke else [64, 16]
         workers = []
         for width in widths:
             for name in SETTINGS:
@@ -235,8 +235,6 @@ class Check:
                     proc = subprocess.Popen([sys.executable, __file__, "--one", json.dumps(spec)], cwd=REPO,
                                             stdout=log, stderr=subprocess.STDOUT)
                 workers.append((spec, proc))
-        if "a" not in skip:
-            self.tests()
         warm_deadline = time.time() + max(min(self.left() * 0.4, 240), 30)
         while time.time() < warm_deadline and any(p.poll() is None and not os.path.exists(s["ready"])
                                                   for s, p in workers):
@@ -257,10 +255,9 @@ class Check:
             rows.append(row)
             self.say(f"(b) width {row['width']} {row['setting']}: "
                      + (f"{row['images_per_s']:.0f} img/s" if "images_per_s" in row else f"failed: {row['error']}"))
-        if workers:
-            with open(os.path.join(self.opts.out, "throughput.log"), "w") as f:
-                f.write("\n".join(logs))
-            self.results["throughput"] = rows
+        with open(os.path.join(self.opts.out, "throughput.log"), "w") as f:
+            f.write("\n".join(logs))
+        self.results["throughput"] = rows
 
     def tests(self) -> None:
         tests_log = os.path.join(self.opts.out, "tests.log")
@@ -268,7 +265,7 @@ class Check:
             tests = subprocess.Popen([sys.executable, "-m", "pytest", "-q", "-rs", "-k", "cuda", "-p",
                                       "no:cacheprovider", "tests"], cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
             try:
-                tests.wait(timeout=min(self.left() * 0.5, 300))
+                tests.wait(timeout=min(self.left() * 0.6, 300))
             except subprocess.TimeoutExpired:
                 tests.kill()
                 tests.wait()
@@ -277,7 +274,11 @@ class Check:
         self.say(f"(a) CUDA tests: {tail[0]} (exit {tests.returncode})")
 
     def fastest(self, width: int) -> Optional[Dict]:
-        rows = [r for r in self.results.get("throughput", []) if r["width"] == width and "images_per_s" in r]
+        """The setting for (c) and (d): --setting if given, else the fastest measured at `width`."""
+        rows = [r for r in self.results.get("throughput", []) if r["width"] == width and "images_per_s" in r
+                and self.opts.setting in (None, r["setting"])]
+        if not rows and self.opts.setting:
+            return {"setting": self.opts.setting}
         return max(rows, key=lambda r: r["images_per_s"]) if rows else None
 
     def train(self, label: str, data_root: str, flags: List[str], seconds: float) -> Dict:
@@ -303,6 +304,7 @@ class Check:
         records = [json.loads(line) for line in open(metrics)] if os.path.exists(metrics) else []
         result = {"command": "python " + " ".join(cmd[2:]), "exit_code": proc.returncode, "wall_s": round(wall, 1),
                   "epochs_done": len(records), "top1": [r["top1"] for r in records],
+                  "train_loss": [round(r["loss"], 4) for r in records],
                   "epoch_s": [round(r["seconds"], 2) for r in records],
                   "gpu_peak_mb": max((r.get("gpu_peak_mb", 0) for r in records), default=None)}
         if records:
@@ -318,11 +320,12 @@ class Check:
         flags = README_CIFAR10 + setting_flags(name) + (["--width", "8", "-b", "16"] if self.opts.smoke else [])
         self.say(f"(c) README CIFAR-10 command with '{name}' for up to {self.left():.0f} s")
         # all 200 epochs when the measured rate says they fit beside (d); else all the time left
-        needed = 60 + (best["warmup_epoch_s"] + 200 * best["epoch_s"] * 1.2 if best else float("inf"))
+        needed = 60 + (best["warmup_epoch_s"] + 200 * best["epoch_s"] * 1.2 if best and "epoch_s" in best
+                       else float("inf"))
         reserve = 75 if needed < self.left() - 75 else 5
         result = self.train("readme-cifar10", data_root, flags, self.left() - reserve)
         result["setting"] = name
-        if best:
+        if best and "epoch_s" in best:
             result["projected_200_epochs_min"] = round(200 * best["epoch_s"] / 60, 1)
         self.results["readme_run"] = result
         self.say(f"(c) {result['epochs_done']}/200 epochs in {result['wall_s']} s, "
@@ -340,7 +343,9 @@ class Check:
                 out[name] = {"skipped": "out of time"}
                 continue
             label = "fp32" if name == "fp32 eager" else "bf16"
-            out[name] = self.train(f"{label}-{epochs}-epochs", data_root, base + setting_flags(name), self.left() - 5)
+            share = 0.45 if name == "fp32 eager" else 1.0
+            out[name] = self.train(f"{label}-{epochs}-epochs", data_root, base + setting_flags(name),
+                                   (self.left() - 5) * share)
             self.say(f"(d) {name}: top-1 per epoch {out[name]['top1']}")
         self.results["fp32_vs_bf16"] = out
 
@@ -388,10 +393,13 @@ def table(results: Dict) -> str:
                   "top-1 per epoch: " + " ".join(f"{t:.2f}" for t in run["top1"]), ""]
     cmp_ = results.get("fp32_vs_bf16")
     if cmp_:
-        lines.append("(d) same seed, top-1 per epoch:")
+        lines.append("(d) same seed and data, README command for 5 epochs: top-1 | training loss, per epoch")
         for name, r in cmp_.items():
-            lines.append(f"  {name}: " + (" ".join(f"{t:.2f}" for t in r["top1"]) if "top1" in r else r.get(
-                "skipped", "failed")) + (f" ({r['wall_s']} s)" if "wall_s" in r else ""))
+            if "top1" not in r or not r["top1"]:
+                lines.append(f"  {name}: {r.get('skipped') or 'failed: ' + r.get('log_tail', '')[-200:]}")
+                continue
+            lines.append(f"  {name}: " + " ".join(f"{t:.2f}" for t in r["top1"]) + " | "
+                         + " ".join(f"{v:.4f}" for v in r["train_loss"]) + f" ({r['wall_s']} s)")
     return "\n".join(lines)
 
 
@@ -404,6 +412,8 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=None, help="time budget (default 8; 2 with --smoke)")
     parser.add_argument("--smoke", action="store_true", help="tiny data, width 8: checks this script on any machine")
     parser.add_argument("--skip", default="", help="comma-separated parts to leave out, of a,b,c,d")
+    parser.add_argument("--setting", default=None, choices=list(SETTINGS),
+                        help="setting for (c) and (d) (default: the fastest at width 64 in (b))")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one throughput setting
     opts = parser.parse_args()
     if opts.one:
@@ -415,7 +425,10 @@ def main() -> int:
     try:
         check.environment()
         data_root = check.data()
-        check.tests_and_throughput(skip)
+        if "a" not in skip:
+            check.tests()
+        if "b" not in skip:
+            check.throughput()
         if "c" not in skip:
             check.readme_run(data_root)
         if "d" not in skip and check.left() > 60:

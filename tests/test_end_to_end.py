@@ -1,4 +1,4 @@
-"""main.py and test.py on tiny synthetic CIFAR-10, width 16, on the CPU."""
+"""main.py and test.py on tiny synthetic CIFAR-10, width 16, on each device present."""
 import json
 import os
 import subprocess
@@ -18,13 +18,15 @@ def run(cmd, **kw):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT, **kw)
 
 
-def test_train_two_epochs_then_evaluate(tmp_path):
+def test_train_two_epochs_then_evaluate(tmp_path, device):
     root = str(tmp_path / "data")
     write_cifar(root, train_per_class=20, test_per_class=4)
     logs = tmp_path / "runs"
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""} if device == "cpu" else None  # CPU even beside a GPU
     out = run(TRAIN + COMMON + ["--root", root, "--epochs", "2", "-b", "16", "--lr", "0.01",
-                                "--root_log", str(logs), "-p", "2"])
+                                "--root_log", str(logs), "-p", "2"], env=env)
     assert out.returncode == 0, out.stderr
+    assert f"device: {device}" in out.stdout
     (run_dir,) = list(logs.iterdir())
     assert " " not in run_dir.name and ":" not in run_dir.name and "IF10" in run_dir.name
     names = set(os.listdir(run_dir))
@@ -45,7 +47,8 @@ def test_train_two_epochs_then_evaluate(tmp_path):
     assert {"optimizer", "scheduler", "rng"} <= set(ckpt)
 
     json_path = tmp_path / "eval.json"
-    out = run(TEST + COMMON + ["--root", root, "--resume", str(run_dir / "ckpt.pth.tar"), "--json", str(json_path)])
+    out = run(TEST + COMMON + ["--root", root, "--resume", str(run_dir / "ckpt.pth.tar"), "--json", str(json_path)],
+              env=env)
     assert out.returncode == 0, out.stderr
     report = json.loads(json_path.read_text())
     assert report["top1"] == records[-1]["top1"]
@@ -57,7 +60,7 @@ def test_train_two_epochs_then_evaluate(tmp_path):
                 "state_dict": {"module." + k: v for k, v in ckpt["state_dict"].items()}}
     torch.save(released, tmp_path / "released.pth.tar")
     out = run(TEST + COMMON + ["--root", root, "--resume", str(tmp_path / "released.pth.tar"),
-                               "--json", str(tmp_path / "released.json")])
+                               "--json", str(tmp_path / "released.json")], env=env)
     assert out.returncode == 0, out.stderr
     assert json.loads((tmp_path / "released.json").read_text())["per_class"] == report["per_class"]
 

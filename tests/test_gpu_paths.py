@@ -131,7 +131,8 @@ def test_cuda_bf16_channels_last_compiled_run_stops_and_resumes(tmp_path, data_r
     run_dir = tmp_path / "runs" / name
     checkpoint = torch.load(run_dir / "ckpt.pth.tar", weights_only=False)
     assert checkpoint["epoch"] == 1 and isinstance(checkpoint["rng"]["cuda"], torch.Tensor)
-    resumed = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--resume", str(run_dir)],
+    resumed = subprocess.run([sys.executable, os.path.join(ROOT, "main.py"), "--root", data_root, "--resume",
+                              str(run_dir)],
                              capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert resumed.returncode == 0, resumed.stderr
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

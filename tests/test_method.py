@@ -1,4 +1,5 @@
 """The GLMC step against the method's formulas, computed independently in the test, on every device present."""
+import copy
 import math
 
 import numpy as np
@@ -31,7 +32,11 @@ class TinyNet(nn.Module):
 
 def reference_loss(net, a1, a2, y, b1, b2, yb, lam, box, counts, gamma, alpha, cw, lam_local=None,
                    lam_global=None, log_prior=None, with_consistency=True):
-    """SPEC §5 written out sample by sample; box None means no local mix (x_l = a2)."""
+    """The method's loss written out sample by sample, on the CPU whatever the inputs' device;
+    box None means no local mix (x_l = a2)."""
+    net = copy.deepcopy(net).cpu()
+    a1, a2, y, b1, b2, yb = (t.cpu() for t in (a1, a2, y, b1, b2, yb))
+    log_prior = None if log_prior is None else log_prior.cpu()
     lam_local = lam if lam_local is None else lam_local
     lam_global = lam if lam_global is None else lam_global
     x_g = lam_global * a1 + (1 - lam_global) * b1
