@@ -182,7 +182,7 @@ class Check:
         self.deadline = self.start + opts.minutes * 60 - 10  # 10 s kept for the table
         self.work = tempfile.mkdtemp(prefix="gpu_check_")
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.results: Dict = {"command": " ".join(sys.argv), "smoke": opts.smoke}
+        self.results: Dict = {"command": " ".join(sys.argv), "smoke": opts.smoke, "batch": 16 if opts.smoke else 64}
         os.makedirs(opts.out, exist_ok=True)
 
     def left(self) -> float:
@@ -227,7 +227,7 @@ class Check:
         for width in widths:
             for name in SETTINGS:
                 tag = f"{width}-{len(workers)}"
-                spec = {"setting": name, "width": width, "device": self.device, "batch": 16 if self.opts.smoke else 64,
+                spec = {"setting": name, "width": width, "device": self.device, "batch": self.results["batch"],
                         "n_max": 20 if self.opts.smoke else 5000, "min_timed_s": 0.2 if self.opts.smoke else 2.0,
                         "lock": lock_path, "ready": os.path.join(self.work, f"ready-{tag}"),
                         "log": os.path.join(self.work, f"measure-{tag}.log")}
@@ -242,16 +242,21 @@ class Check:
         fcntl.flock(holder, fcntl.LOCK_UN)  # the settings now take turns on the device
         rows, logs = [], []
         for spec, proc in workers:
+            ready = os.path.exists(spec["ready"])
             try:
                 proc.wait(timeout=max(self.left() * 0.25, 20))
+                stopped = None
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+                stopped = "out of time while " + ("timing" if ready else "warming up (compiling)")
             out = open(spec["log"]).read()
             logs.append(f"=== {spec['setting']}, width {spec['width']} (exit {proc.returncode})\n{out}")
-            last = out.strip().splitlines()[-1] if out.strip() else ""
+            lines = out.strip().splitlines()
+            last = lines[-1] if lines else ""
+            error = stopped or next((line for line in reversed(lines) if "Error" in line), last)[-200:] or "no output"
             row = json.loads(last) if proc.returncode == 0 and last.startswith("{") else \
-                {"setting": spec["setting"], "width": spec["width"], "error": last[-200:] or "no output"}
+                {"setting": spec["setting"], "width": spec["width"], "error": error}
             rows.append(row)
             self.say(f"(b) width {row['width']} {row['setting']}: "
                      + (f"{row['images_per_s']:.0f} img/s" if "images_per_s" in row else f"failed: {row['error']}"))
@@ -308,8 +313,9 @@ class Check:
                   "epoch_s": [round(r["seconds"], 2) for r in records],
                   "gpu_peak_mb": max((r.get("gpu_peak_mb", 0) for r in records), default=None)}
         if records:
-            result.update(best_top1=max(result["top1"]), last_top1=records[-1]["top1"],
-                          many=records[-1]["many"], medium=records[-1]["medium"], few=records[-1]["few"])
+            last = records[-1]
+            result.update(best_top1=round(max(result["top1"]), 2), last_top1=round(last["top1"], 2),
+                          **{g: None if last[g] is None else round(last[g], 2) for g in ("many", "medium", "few")})
         else:
             result["log_tail"] = open(log_path).read()[-600:]
         return result
@@ -368,7 +374,8 @@ def table(results: Dict) -> str:
         lines += [f"(a) CUDA tests: {tests['summary']} (exit {tests['exit_code']})", ""]
     rows = results.get("throughput", [])
     if rows:
-        lines += ["(b) full training step, tensor data path, batch 64, CIFAR-10-LT IF 100 epoch shapes", "",
+        lines += [f"(b) full training step, tensor data path, batch {results.get('batch')}, CIFAR-10-LT IF 100 "
+                  "class counts" + (" (tiny)" if results["smoke"] else ""), "",
                   "| width | setting | images/s | ms/step | x fp32 eager | warm-up epoch s | GPU peak MB |",
                   "|---|---|---|---|---|---|---|"]
         for r in rows:
