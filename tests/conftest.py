@@ -1,4 +1,5 @@
 """Shared fixtures: tiny CIFAR-format pickle releases written to a temp folder, and the devices to test on."""
+import json
 import os
 import pickle
 import signal
@@ -78,6 +79,12 @@ def sigterm_when(cmd, prefix, **popen_kw):
 
 
 
+def released_layout():
+    """{'arch/num_classes': {'params': count, 'state_dict': {name: shape}}} of the released code's networks."""
+    with open(os.path.join(ROOT, "tests", "data", "released_checkpoint_layout.json")) as f:
+        return json.load(f)["layouts"]
+
+
 CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 
 
@@ -85,3 +92,7 @@ CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"
 def device(request):
     """Each device present: the CPU always, CUDA when there is a GPU (skipped, and shown so, otherwise)."""
     return request.param
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: trains a network or starts a process (leave out with -m 'not slow')")

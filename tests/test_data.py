@@ -9,17 +9,26 @@ from tests.conftest import write_cifar
 from utils.errors import UsageError
 
 
-@pytest.mark.parametrize("n_max,classes", [(5000, 10), (500, 100)])
-@pytest.mark.parametrize("rate", [0.01, 0.02, 0.1])
-def test_counts_follow_the_formula(n_max, classes, rate):
-    expected = [int(n_max * rate ** (c / (classes - 1))) for c in range(classes)]
-    assert img_num_per_class(n_max, classes, rate) == expected
+@pytest.mark.parametrize("rate,counts", [
+    (0.01, [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]),  # CIFAR-10-LT IF 100
+    (0.02, [5000, 3237, 2096, 1357, 878, 568, 368, 238, 154, 100]),  # IF 50
+    (0.1, [5000, 3871, 2997, 2320, 1796, 1391, 1077, 834, 645, 500]),  # IF 10
+])
+def test_cifar10_counts_are_the_published_ones(rate, counts):
+    assert img_num_per_class(5000, 10, rate) == counts
 
 
-def test_published_counts():
-    assert img_num_per_class(5000, 10, 0.01) == [5000, 2997, 1796, 1077, 645, 387, 232, 139, 83, 50]
-    cifar100 = img_num_per_class(500, 100, 0.01)
-    assert sum(cifar100) == 10847 and cifar100[99] == 5 and cifar100[69] == 20
+@pytest.mark.parametrize("rate,total,head,tail", [
+    (0.01, 10847, [500, 477, 455], [5, 5, 5]),  # CIFAR-100-LT IF 100
+    (0.02, 12608, [500, 480, 462], [10, 10, 10]),  # IF 50
+    (0.1, 19573, [500, 488, 477], [52, 51, 50]),  # IF 10
+])
+def test_cifar100_totals_are_the_published_ones(rate, total, head, tail):
+    counts = img_num_per_class(500, 100, rate)
+    assert sum(counts) == total and counts[:3] == head and counts[-3:] == tail
+
+
+def test_balanced_rate_keeps_every_image():
     assert img_num_per_class(500, 100, 1.0) == [500] * 100
 
 

@@ -4,9 +4,12 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tests.conftest import ROOT, write_cifar
+
+pytestmark = pytest.mark.slow  # trains networks or starts processes
 
 TRAIN = [sys.executable, os.path.join(ROOT, "main.py")]
 TEST = [sys.executable, os.path.join(ROOT, "test.py")]

@@ -7,6 +7,7 @@ import sys
 import tarfile
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from datasets.cifar_lt import read_cifar_split, read_class_names
@@ -38,6 +39,7 @@ def smoke(out_dir, *flags):
     return json.loads((out_dir / "gpu_check.json").read_text()), table
 
 
+@pytest.mark.slow
 def test_smoke_readme_run_stops_at_the_budget(tmp_path):
     results, table = smoke(tmp_path, "--skip", "a,b,d", "--minutes", "0.5")
     run = results["readme_run"]
@@ -47,6 +49,7 @@ def test_smoke_readme_run_stops_at_the_budget(tmp_path):
     assert f"{run['epochs_done']}/200 epochs" in table and "fp32_vs_bf16" not in results
 
 
+@pytest.mark.slow
 def test_smoke_fp32_against_bf16(tmp_path):
     results, table = smoke(tmp_path, "--skip", "a,b,c", "--minutes", "1.5")
     runs = results["fp32_vs_bf16"]

@@ -65,6 +65,7 @@ def test_resume_restores_only_the_runs_cuda_generator(monkeypatch, saved, device
     assert len(restored) == 1  # a CPU run touches no CUDA generator
 
 
+@pytest.mark.slow
 def test_cpu_checkpoint_saves_no_cuda_state_and_resumes_with_extra_ones(tmp_path, data_root, monkeypatch):
     """A checkpoint carrying eight GPUs' generator states (an older run on a bigger machine) resumes."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # a CPU run, also where there is a GPU
@@ -92,6 +93,7 @@ def test_cpu_checkpoint_saves_no_cuda_state_and_resumes_with_extra_ones(tmp_path
     assert [r["epoch"] for r in records] == [1, 2]
 
 
+@pytest.mark.slow
 def test_stop_requests_are_exchanged_only_at_progress_lines_under_torchrun(tmp_path, data_root, monkeypatch):
     """Under torchrun (two processes, faked) the stop request is a collective at progress lines only."""
     exchanged = {"main": 0, "divergence": 0}
@@ -121,6 +123,7 @@ def test_stop_requests_are_exchanged_only_at_progress_lines_under_torchrun(tmp_p
     assert exchanged == {"main": progress_lines + 2, "divergence": progress_lines + 1}
 
 
+@pytest.mark.slow
 @CUDA
 def test_cuda_bf16_channels_last_compiled_run_stops_and_resumes(tmp_path, data_root):
     cmd = [sys.executable, "-u", os.path.join(ROOT, "main.py"), *TINY_TRAIN, "--root", data_root, "--epochs", "2",

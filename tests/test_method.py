@@ -159,11 +159,17 @@ def test_consistency_gradient_on_projection_head_flows_through_p_only(batch, dev
     assert not torch.allclose(ours, projection_grad(stop_gradient=False), atol=1e-6)
 
 
-@pytest.mark.parametrize("lam,cy,cx", [(0.0, 16, 16), (0.5, 0, 0), (0.9, 31, 5), (0.37, 10, 28), (1.0, 3, 3)])
-def test_box_follows_formula(lam, cy, cx):
-    k = math.ceil(32 * math.sqrt(1 - lam)) // 2
-    expected = (max(cy - k, 0), min(cy + k, 32), max(cx - k, 0), min(cx + k, 32))
-    assert cutmix_box(32, 32, lam, cy, cx) == expected
+@pytest.mark.parametrize("lam,cy,cx,box", [
+    # half-side k = ceil(32 * sqrt(1 - lam)) // 2, worked out by hand
+    (0.0, 16, 16, (0, 32, 0, 32)),  # k = 32 // 2 = 16
+    (0.75, 16, 16, (8, 24, 8, 24)),  # 32 * 0.5 = 16, k = 8
+    (0.5, 0, 0, (0, 11, 0, 11)),  # 32 * 0.7071 = 22.6 -> 23, k = 11, clipped at 0
+    (0.9, 31, 5, (26, 32, 0, 10)),  # 32 * 0.3162 = 10.1 -> 11, k = 5, clipped at 32 and 0
+    (0.37, 10, 28, (0, 23, 15, 32)),  # 32 * 0.7937 = 25.4 -> 26, k = 13
+    (1.0, 3, 3, (3, 3, 3, 3)),  # k = 0: an empty box
+])
+def test_box_against_hand_values(lam, cy, cx, box):
+    assert cutmix_box(32, 32, lam, cy, cx) == box
 
 
 def test_drawn_boxes_stay_inside_and_lambda_is_uniform():
@@ -229,13 +235,15 @@ def test_epoch_mixes_are_a_function_of_seed_and_epoch():
 def test_cumulative_alpha():
     assert cumulative_alpha(0, 200) == 1.0
     assert cumulative_alpha(100, 200) == pytest.approx(0.75)
-    assert cumulative_alpha(199, 200) == pytest.approx(1 - (199 / 200) ** 2)
+    assert cumulative_alpha(199, 200) == pytest.approx(0.009975)  # 1 - 0.995 ** 2
 
 
 def test_class_balance_weights():
-    w = class_balance_weights([100, 10, 1], 1.2)
-    raw = np.array([100 ** -1.2, 10 ** -1.2, 1.0])
-    assert torch.allclose(w, torch.tensor(raw / raw.sum() * 3, dtype=torch.float32))
+    # gamma 1: n^-1 = 0.01, 0.1, 1 (sum 1.11), scaled to sum to 3 classes: 1/37, 10/37, 100/37
+    assert torch.allclose(class_balance_weights([100, 10, 1], 1.0), torch.tensor([1 / 37, 10 / 37, 100 / 37]))
+    # gamma 0 weighs every class 1; a class with no image gets 0 and the others share C
+    assert class_balance_weights([7, 3], 0.0).tolist() == [1.0, 1.0]
+    assert torch.allclose(class_balance_weights([4, 0, 1], 1.0), torch.tensor([0.6, 0.0, 2.4]))
 
 
 ABLATION_CASES = {

@@ -1,22 +1,15 @@
-import json
-import os
-
 import pytest
 import torch
 
 from models import build_model, count_parameters
-from tests.conftest import ROOT
+from tests.conftest import released_layout
 
-LAYOUT_PATH = os.path.join(ROOT, "..", "shared", "checkpoint_layout.json")
 CIFAR_ARCHS = ["resnet32/10", "resnet32/100", "resnet18/100", "resnet34/100", "resnet50/10"]
 
 
 @pytest.fixture(scope="module")
 def layout():
-    if not os.path.exists(LAYOUT_PATH):
-        pytest.skip("../shared/checkpoint_layout.json is not beside this checkout")
-    with open(LAYOUT_PATH) as f:
-        return json.load(f)
+    return released_layout()
 
 
 @pytest.mark.parametrize("entry", CIFAR_ARCHS)

@@ -15,6 +15,8 @@ import utils.train_step as train_step_module
 from tests.conftest import ROOT, TINY_DATA, TINY_TRAIN, sigterm_when, write_cifar
 from utils.config import run_cli
 
+pytestmark = pytest.mark.slow  # trains networks or starts processes
+
 DATA, TINY = TINY_DATA, TINY_TRAIN
 
 

@@ -19,6 +19,8 @@ from tests.conftest import ROOT, TINY_TRAIN, sigterm_when, write_cifar
 from utils import checkpoint as checkpoint_module
 from utils.config import run_cli
 
+pytestmark = pytest.mark.slow  # trains networks or starts processes
+
 TINY = TINY_TRAIN
 
 

@@ -60,32 +60,71 @@ def data_root(tmp_path_factory):
     return root
 
 
+def one_epoch(data_root, folder, extra):
+    """(epoch record, checkpoint) of a one-epoch tiny run with `extra` flags."""
+    train_script.main(train_script.get_args_parser().parse_args(
+        TINY + ["--root", data_root, "--epochs", "1", "--root_log", str(folder)] + extra))
+    (run,) = os.listdir(folder)
+    record = json.loads((folder / run / "metrics.jsonl").read_text().splitlines()[-1])
+    return record, torch.load(folder / run / "ckpt.pth.tar", weights_only=False)
+
+
 @pytest.mark.parametrize("extra", [["--amp", "bf16"], ["--amp", "fp16"], ["--channels_last"],
-                                   ["--data_path", "pil", "--amp", "bf16", "--channels_last"]])
-def test_amp_and_channels_last_give_finite_losses(data_root, tmp_path, extra):
-    args = train_script.get_args_parser().parse_args(
-        TINY + ["--root", data_root, "--epochs", "1", "--root_log", str(tmp_path)] + extra)
-    train_script.main(args)
-    (run,) = os.listdir(tmp_path)
-    record = json.loads((tmp_path / run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert all(math.isfinite(record[k]) for k in ("loss", "balance", "rebalance", "consistency"))
+                                   ["--amp", "bf16", "--channels_last"]])
+@pytest.mark.slow
+def test_amp_and_channels_last_take_effect(data_root, tmp_path, extra):
+    """bf16/fp16 change the losses (rounding; fp16's gradient scaler also skips the first steps, whose
+    scaled gradients overflow) but keep them finite, bf16 close to fp32; channels_last leaves the
+    losses as they are and stores the convolution weights in that layout."""
+    reference, _ = one_epoch(data_root, tmp_path / "fp32", [])
+    record, checkpoint = one_epoch(data_root, tmp_path / "run", extra)
+    terms = ("loss", "balance", "rebalance", "consistency")
+    assert all(math.isfinite(record[k]) for k in terms)
+    conv = checkpoint["state_dict"]["conv1.weight"]
+    assert conv.is_contiguous(memory_format=torch.channels_last) == ("--channels_last" in extra)
+    if "--amp" in extra:
+        assert record["balance"] != reference["balance"]
+        if "bf16" in extra:
+            assert record["balance"] == pytest.approx(reference["balance"], rel=0.05)
+    else:
+        assert record["balance"] == pytest.approx(reference["balance"], rel=1e-4)
 
 
-def test_tensor_and_pil_paths_use_the_same_samples(data_root):
-    """Same samplers: batch i of the two paths holds the same images and labels."""
+def crop_flip_variants(image_hwc: np.ndarray, mean, std) -> torch.Tensor:
+    """The 162 normalised views the training transform can make of one image: 9 x 9 crop offsets of
+    the zero-padded image, each mirrored or not (written out with numpy, independently of the code)."""
+    padded = np.pad(image_hwc.transpose(2, 0, 1), ((0, 0), (4, 4), (4, 4)))
+    crops = [padded[:, t:t + 32, l:l + 32] for t in range(9) for l in range(9)]
+    crops += [c[:, :, ::-1] for c in crops]
+    x = torch.from_numpy(np.stack(crops).astype(np.float32) / 255.0)
+    return (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+
+
+def test_tensor_path_views_are_crops_and_flips_of_the_sampled_images(data_root):
+    """Each view is one of the 162 crop/flip variants of its own source image, and the batches hold
+    the images and labels that the PIL path's samplers pick."""
     from datasets import build_data, build_loaders
+    from datasets.transforms import CIFAR_STATS
 
     args = train_script.get_args_parser().parse_args(TINY + ["--root", data_root])
     data = build_data(args)
     args.data_path = "pil"
     pil_batches = list(build_loaders(data, args, torch.device("cpu"))[0].epoch(1))
     args.data_path = "tensor"
-    tensor_batches = list(build_loaders(data, args, torch.device("cpu"))[0].epoch(1))
-    assert len(pil_batches) == len(tensor_batches)
-    for pil, tensor in zip(pil_batches, tensor_batches):
-        for ((v_pil, _), y_pil), ((v_tensor, _), y_tensor) in zip(pil, tensor):
+    loader = build_loaders(data, args, torch.device("cpu"))[0]
+    tensor_batches = list(loader.epoch(1))
+    orders = [sampler.indices() for sampler in loader.samplers]  # epoch 1 is set by the pass above
+    variants = [crop_flip_variants(image, *CIFAR_STATS["cifar10"]) for image in data.train.images]
+    assert len(pil_batches) == len(tensor_batches) > 1
+    for step, (pil, tensor) in enumerate(zip(pil_batches, tensor_batches)):
+        for part, (((_, _), y_pil), ((v1, v2), y_tensor)) in enumerate(zip(pil, tensor)):
             assert torch.equal(y_pil, y_tensor)
-            assert not torch.equal(v_pil, v_tensor)  # the two paths really differ in how views are made
+            sources = orders[part][step * 16:(step + 1) * 16].tolist()
+            assert [data.train.targets[i] for i in sources] == y_tensor.tolist()
+            for view in (v1, v2):
+                for image, source in zip(view, sources):
+                    distance = (variants[source] - image).abs().flatten(1).max(dim=1).values
+                    assert distance.min() < 1e-5, (step, part, source)
 
 
 def torchrun(args, timeout=300):
@@ -95,6 +134,7 @@ def torchrun(args, timeout=300):
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
 
 
+@pytest.mark.slow
 def test_two_process_gloo_run(data_root, tmp_path):
     out = torchrun(TINY + ["--root", data_root, "--epochs", "1", "--root_log", str(tmp_path / "runs")])
     assert out.returncode == 0, out.stderr[-3000:]
@@ -133,6 +173,7 @@ def test_two_process_gloo_run(data_root, tmp_path):
     assert [json.loads(line)["epoch"] for line in lines] == [1]
 
 
+@pytest.mark.slow
 def test_batch_must_split_across_processes(data_root, tmp_path):
     out = torchrun(TINY[:-4] + ["-b", "15", "-p", "100", "--root", data_root, "--epochs", "1",
                                 "--root_log", str(tmp_path)])
