@@ -28,7 +28,7 @@ CORE = {
     "utils/losses.py": ["tests/test_method.py"],
     "utils/mixing.py": ["tests/test_method.py"],
     "utils/metrics.py": ["tests/test_metrics.py"],
-    "utils/schedule.py": ["tests/test_method.py", "tests/test_image_files.py"],
+    "utils/schedule.py": ["tests/test_schedule.py", "tests/test_image_files.py"],
     "datasets/cifar_lt.py": ["tests/test_data.py"],
     "datasets/tensor_path.py": ["tests/test_speed_and_scale.py"],
     "datasets/loaders.py": ["tests/test_data.py", "tests/test_speed_and_scale.py"],

@@ -312,3 +312,33 @@ def test_fixed_alpha_replaces_the_cumulative_schedule():
     assert epoch_alpha(args, 5) == pytest.approx(0.75)
     assert epoch_alpha(argparse.Namespace(method="glmc", fixed_alpha=1.0, epochs=10), 5) == 1.0
     assert epoch_alpha(argparse.Namespace(method="ce", fixed_alpha=None, epochs=10), 5) is None
+
+
+def test_defaults_are_the_released_ones_and_options_are_fixed(batch, device):
+    """contrast weight 4, the CutMix image labelled by lambda, the two mixes' losses summed."""
+    net, counts = TinyNet().to(device), [50, 10, 2]
+    loss, terms = glmc_loss(net, *batch, mix_of(0.3, (1, 3, 0, 2), device), class_balance_weights(counts, 1.2),
+                            pair(0.7, device))
+    ref, bal, rebal, cons = reference_loss(net, *batch, 0.3, (1, 3, 0, 2), counts, 1.2, 0.7, 4.0)
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert set(terms) == {"loss", "balance", "rebalance", "consistency"}
+    assert terms["loss"].item() == loss.item() and not terms["loss"].requires_grad
+    with pytest.raises(AttributeError):  # frozen: a step cannot change the options of the next
+        LossOptions().contrast_weight = 1.0
+
+
+def test_loss_runs_the_networks_training_forward(device):
+    """With a real network: the training forward (both heads, projection, prediction) is what the
+    loss needs; the evaluation forward returns only the fc_cb logits."""
+    from models import build_model
+
+    torch.manual_seed(0)
+    net = build_model("resnet32", 3, width=4).to(device)
+    g = torch.Generator().manual_seed(2)
+    a1, a2, b1, b2 = (torch.randn(5, 3, 8, 8, generator=g).to(device) for _ in range(4))
+    y, y_b = torch.tensor([0, 1, 2, 0, 1], device=device), torch.tensor([2, 2, 1, 0, 0], device=device)
+    mix = device_mix(HostMix(0.6, (2, 6, 1, 5)), 8, 8, torch.device(device))
+    loss, terms = glmc_loss(net, a1, a2, y, b1, b2, y_b, mix, class_balance_weights([5, 3, 1], 1.2),
+                            pair(0.5, device))
+    loss.backward()
+    assert net.projection_head[0].weight.grad.abs().sum() > 0 and net.fc_cb.weight.grad.abs().sum() > 0
