@@ -8,8 +8,8 @@
 Works on a copy of the working tree (the tree itself is never mutated). Each file is
 mutated by mutmut, one small change at a time (an operator, a constant, a comparison,
 a removed call); a mutant is killed when the fast tests that exercise that file fail.
-Prints per file: mutants, killed, survived (and timed out), the score, and the diff of
-every survivor. Not part of CI: it measures the suite, it does not gate it.
+Prints per file: mutants, killed, survived, timed out, not run (mutmut skipped them),
+the score (killed / run), and the diff of every survivor. Not part of CI: it measures the suite, it does not gate it.
 """
 import argparse
 import json
@@ -60,7 +60,8 @@ def scores(copy: str) -> Dict[str, Dict]:
         else:
             entry["other"].append(mutant_id)
     for filename, entry in out.items():
-        entry["score"] = 100.0 * entry["killed"] / max(entry["mutants"], 1)
+        tested = entry["killed"] + len(entry["survived"]) + len(entry["timeout"])
+        entry["score"] = 100.0 * entry["killed"] / max(tested, 1)
         entry["survivors"] = {m: subprocess.run(["mutmut", "show", str(m)], cwd=copy, capture_output=True,
                                                 text=True).stdout for m in entry["survived"]}
     return out
@@ -85,10 +86,10 @@ def main() -> int:
         print(f"mutating {path} (tests: {' '.join(CORE[path])})", flush=True)
         mutate(copy, path, CORE[path])
     result = scores(copy)
-    print("\n| file | mutants | killed | survived | timed out | score |\n|---|---|---|---|---|---|")
+    print("\n| file | mutants | killed | survived | timed out | not run | score |\n|---|---|---|---|---|---|---|")
     for filename, e in sorted(result.items()):
         print(f"| {filename} | {e['mutants']} | {e['killed']} | {len(e['survived'])} | {len(e['timeout'])} | "
-              f"{e['score']:.1f} % |")
+              f"{len(e['other'])} | {e['score']:.1f} % |")
     for filename, e in sorted(result.items()):
         for mutant_id, diff in e["survivors"].items():
             print(f"\nsurvivor {mutant_id} in {filename}:\n{diff.strip()}")

@@ -167,9 +167,18 @@ def test_consistency_gradient_on_projection_head_flows_through_p_only(batch, dev
     (0.9, 31, 5, (26, 32, 0, 10)),  # 32 * 0.3162 = 10.1 -> 11, k = 5, clipped at 32 and 0
     (0.37, 10, 28, (0, 23, 15, 32)),  # 32 * 0.7937 = 25.4 -> 26, k = 13
     (1.0, 3, 3, (3, 3, 3, 3)),  # k = 0: an empty box
+    (1.0, 0, 0, (0, 0, 0, 0)),  # an empty box in the corner
 ])
 def test_box_against_hand_values(lam, cy, cx, box):
     assert cutmix_box(32, 32, lam, cy, cx) == box
+
+
+def test_mixes_are_fixed_once_made(device):
+    host = HostMix(0.3, (1, 3, 0, 2))
+    with pytest.raises(AttributeError):
+        host.lam = 0.5
+    with pytest.raises(AttributeError):
+        mix_of(0.3, (1, 3, 0, 2), device).box = None
 
 
 def test_drawn_boxes_stay_inside_and_lambda_is_uniform():

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from utils.metrics import shot_groups, summarize
+from utils.metrics import evaluate, predict, shot_groups, summarize
 
 
 def test_shot_rules_differ_only_at_twenty():
@@ -34,3 +34,46 @@ def test_empty_group_is_none_not_zero():
     preds = torch.tensor([[0], [1]])
     out = summarize(preds, torch.tensor([0, 1]), train_counts=[5000, 150])
     assert out["few"] is None and out["medium"] is None and out["many"] == 100.0
+
+
+class LogitsAreTheInput(torch.nn.Module):
+    """fc_cb logits = the input, fc logits = minus the input; records whether gradients were on."""
+
+    def __init__(self):
+        super().__init__()
+        self.heads, self.grad_enabled = [], []
+
+    def forward(self, x, head="fc_cb"):
+        self.heads.append(head)
+        self.grad_enabled.append(torch.is_grad_enabled())
+        return x if head == "fc_cb" else -x
+
+
+def test_predict_ranks_the_logits_of_the_chosen_head_and_skips_empty_batches():
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, 5.0, 4.0, -1.0], [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
+    loader = [(logits[:1], torch.tensor([4])), None, (logits[1:], torch.tensor([0]))]
+    model = LogitsAreTheInput()
+    preds, targets = predict(model, loader, torch.device("cpu"))
+    assert preds.tolist() == [[4, 5, 1, 3, 2], [0, 1, 2, 3, 4]]  # top 5 by default, best first
+    assert targets.tolist() == [4, 0] and model.heads == ["fc_cb", "fc_cb"] and model.grad_enabled == [False] * 2
+    preds, _ = predict(model, loader, torch.device("cpu"), k=2, head="fc")
+    assert preds.tolist() == [[6, 0], [6, 5]]
+    shift = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 10.0])  # a post-hoc shift is added to the logits
+    preds, _ = predict(model, loader, torch.device("cpu"), k=1, logit_shift=shift)
+    assert preds.tolist() == [[6], [6]]
+
+
+def test_evaluate_reports_head_images_rule_and_groups():
+    logits = torch.eye(3) * 5
+    loader = [(logits, torch.tensor([0, 1, 1]))]
+    out = evaluate(LogitsAreTheInput(), loader, torch.device("cpu"), train_counts=[300, 50, 20])
+    assert out["head"] == "fc_cb" and out["test_images"] == 3 and out["shot_rule"] == "released"
+    assert out["group_sizes"] == {"many": 1, "medium": 1, "few": 1}
+    assert out["top1"] == pytest.approx(200 / 3) and out["per_class"][:2] == [100.0, 50.0]
+    assert out["per_class"][2] is None and out["few"] is None  # no test image of class 2: no figure, not 0
+
+
+def test_default_and_unknown_shot_rules():
+    assert shot_groups([21, 20]) == {"many": [], "medium": [0], "few": [1]}  # released: few <= 20
+    with pytest.raises(ValueError, match="unknown shot rule 'x'"):
+        shot_groups([5], "x")
