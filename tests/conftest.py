@@ -15,8 +15,9 @@ sys.path.insert(0, ROOT)
 
 
 def write_cifar(root, dataset="cifar10", train_per_class=20, test_per_class=4, str_keys=False,
-                folder_name=None, seed=0):
-    """Write a CIFAR release with `train_per_class` images per class, labels interleaved as in the real files."""
+                folder_name=None, seed=0, class_names=None):
+    """Write a CIFAR release with `train_per_class` images per class, labels interleaved as in the real files;
+    with `class_names`, also the release's meta file that holds them."""
     rng = np.random.RandomState(seed)
     num_classes = 10 if dataset == "cifar10" else 100
     label_key = "labels" if dataset == "cifar10" else "fine_labels"
@@ -44,6 +45,10 @@ def write_cifar(root, dataset="cifar10", train_per_class=20, test_per_class=4, s
     else:
         dump("train", *blob(train_per_class))
         dump("test", *blob(test_per_class))
+    if class_names:
+        name, key = ("batches.meta", b"label_names") if dataset == "cifar10" else ("meta", b"fine_label_names")
+        with open(os.path.join(folder, name), "wb") as f:
+            pickle.dump({key: [n.encode() for n in class_names]}, f, protocol=2)
     return folder
 
 

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.cifar_lt import find_cifar_folder, img_num_per_class, load_cifar_lt, select_long_tailed
+from datasets.cifar_lt import (find_cifar_folder, img_num_per_class, load_cifar_lt, read_class_names,
+                               select_long_tailed)
 from datasets.loaders import EpochSampler, ImageArrayDataset, TrainLoader, resample_weights
 from datasets.transforms import TwoViews, cifar_train_transform
 from tests.conftest import write_cifar
@@ -154,3 +155,29 @@ def test_pil_batches_do_not_depend_on_the_number_of_workers():
     for a, b in zip(single, pooled):
         for (views_a, y_a), (views_b, y_b) in zip(a, b):
             assert torch.equal(y_a, y_b) and all(torch.equal(u, v) for u, v in zip(views_a, views_b))
+
+
+@pytest.mark.parametrize("dataset,classes", [("cifar10", 10), ("cifar100", 100)])
+def test_class_names_come_from_the_release_meta_file(tmp_path, dataset, classes):
+    names = [f"class-{c}" for c in range(classes)]
+    folder = write_cifar(str(tmp_path), dataset, train_per_class=1, test_per_class=1, class_names=names)
+    assert read_class_names(folder, dataset) == names
+    assert load_cifar_lt(str(tmp_path), dataset, 1.0, "released", 1, download=False)["class_names"] == names
+
+
+@pytest.mark.parametrize("dataset,url", [
+    ("cifar10", "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"),
+    ("cifar100", "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz"),
+])
+def test_a_missing_release_is_downloaded_from_the_official_address(tmp_path, monkeypatch, dataset, url):
+    import torchvision.datasets.utils as tv_utils
+
+    asked = []
+
+    def fake_download(address, download_root, **kw):
+        asked.append(address)
+        write_cifar(download_root, dataset, train_per_class=2, test_per_class=1)
+
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
+    arrays = load_cifar_lt(str(tmp_path / "new"), dataset, 1.0, "released", 1)
+    assert asked == [url] and len(arrays["train"].labels) == 2 * (10 if dataset == "cifar10" else 100)
