@@ -16,10 +16,12 @@ from typing import Dict, Optional
 import torch
 
 from datasets import CIFAR_INFO, DataBundle, build_data, build_loaders, canonical_dataset, data_seed
+from datasets.args import add_data_args, check_data_args
 from datasets.image_files import preflight
 from models import build_model, count_parameters
+from models.args import add_model_args, check_model_args
 from utils.checkpoint import first_non_finite, load_weights, read_checkpoint, save_checkpoint, unwrap
-from utils.config import (FlagTrackingParser, add_data_and_model_args, check_common_args, command_line, run_cli,
+from utils.config import (FlagTrackingParser, add_run_args, check_run_args, command_line, run_cli,
                           select_device)
 from utils.distributed import World, any_rank, broadcast_object, close_world, init_world
 from utils.errors import EXIT_DIVERGED, RunStopped, UsageError, WriteFailed
@@ -40,7 +42,9 @@ from utils.train_step import COMPILE_MODES, CEStep, GLMCStep, train_step
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = FlagTrackingParser(description="Train GLMC on a long-tailed data set", add_help=True)
-    add_data_and_model_args(parser)
+    add_data_args(parser)
+    add_model_args(parser)
+    add_run_args(parser)
     g = parser.add_argument_group("optimisation")
     g.add_argument("--epochs", type=int, default=200, help="training epochs")
     g.add_argument("--start-epoch", dest="start_epoch", type=int, default=0,
@@ -116,7 +120,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def check_args(args: argparse.Namespace) -> None:
-    check_common_args(args)
+    check_data_args(args)
+    check_model_args(args)
+    check_run_args(args)
     for flag in ("epochs", "lr"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} {getattr(args, flag)} must be positive")

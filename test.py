@@ -14,8 +14,11 @@ import os
 from typing import Dict, Optional
 
 from datasets import build_data, build_test_loader, canonical_dataset
-from utils.checkpoint import model_from_checkpoint, read_checkpoint
-from utils.config import FlagTrackingParser, add_data_and_model_args, check_common_args, run_cli, select_device
+from datasets.args import add_data_args, check_data_args
+from models import model_from_checkpoint
+from models.args import add_model_args, check_model_args
+from utils.checkpoint import read_checkpoint
+from utils.config import FlagTrackingParser, add_run_args, check_run_args, run_cli, select_device
 from utils.errors import UsageError, writing
 from utils.losses import log_class_prior
 from utils.maxnorm import max_norm_threshold, project_rows_
@@ -28,7 +31,9 @@ from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = FlagTrackingParser(description="Evaluate a GLMC checkpoint")
-    add_data_and_model_args(parser)
+    add_data_args(parser)
+    add_model_args(parser)
+    add_run_args(parser)
     g = parser.add_argument_group("evaluation")
     g.add_argument("--resume", required=True,
                    help="checkpoint to evaluate (ckpt.pth.tar, ckpt.best.pth.tar, ...), or a run folder: its "
@@ -64,7 +69,9 @@ def default_report_path(checkpoint_path: str, args: argparse.Namespace) -> Optio
 
 
 def main(args: argparse.Namespace) -> Dict:
-    check_common_args(args)
+    check_data_args(args)
+    check_model_args(args)
+    check_run_args(args)
     if args.max_norm is not None and not 0.0 <= args.max_norm <= 1.0:
         raise UsageError(f"--max_norm {args.max_norm} must lie in [0, 1] (a fraction of the norms' range)")
     for flag in ("json", "plot"):

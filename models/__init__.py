@@ -3,6 +3,8 @@ from typing import Callable, Dict
 
 from torch import nn
 
+from utils.checkpoint import load_weights
+
 from models.resnet32 import ResNet32
 from models.resnet_cifar import resnet18, resnet34, resnet50
 from models.resnext import ResNeXt50
@@ -30,3 +32,10 @@ def build_model(arch: str, num_classes: int, width: int = RESNET32_RELEASED_WIDT
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def model_from_checkpoint(checkpoint: Dict, source: str, arch: str, num_classes: int, width: int) -> nn.Module:
+    """Build `arch` and load the checkpoint's weights into it (on the CPU)."""
+    model = build_model(arch, num_classes, width)
+    load_weights(model, checkpoint["state_dict"], source)
+    return model

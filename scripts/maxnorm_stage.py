@@ -24,9 +24,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from datasets import (EVAL_BATCH_SIZE, build_data, build_test_loader, canonical_dataset,  # noqa: E402
                       plain_training_set)
+from datasets.args import add_data_args, check_data_args  # noqa: E402
 from datasets.image_files import collate_fn_for  # noqa: E402
-from utils.checkpoint import atomic_save, model_from_checkpoint, read_checkpoint  # noqa: E402
-from utils.config import FlagTrackingParser, add_data_and_model_args, check_common_args, run_cli  # noqa: E402
+from models import model_from_checkpoint  # noqa: E402
+from models.args import add_model_args, check_model_args  # noqa: E402
+from utils.checkpoint import atomic_save, read_checkpoint  # noqa: E402
+from utils.config import FlagTrackingParser, add_run_args, check_run_args, run_cli  # noqa: E402
 from utils.config import select_device  # noqa: E402
 from utils.errors import UsageError, writing  # noqa: E402
 from utils.maxnorm import extract_features, train_classifier_max_norm  # noqa: E402
@@ -39,7 +42,9 @@ from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = FlagTrackingParser(description=__doc__.splitlines()[0])
-    add_data_and_model_args(parser)
+    add_data_args(parser)
+    add_model_args(parser)
+    add_run_args(parser)
     g = parser.add_argument_group("second stage (defaults: the weight-balancing paper's recipe)")
     g.add_argument("--resume", required=True, help="trained GLMC checkpoint, or a run folder (its best checkpoint)")
     g.add_argument("--epochs", type=int, default=10)
@@ -54,7 +59,9 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(args: argparse.Namespace):
-    check_common_args(args)
+    check_data_args(args)
+    check_model_args(args)
+    check_run_args(args)
     if args.epochs <= 0 or args.lr <= 0:
         raise UsageError(f"--epochs {args.epochs} and --lr {args.lr} must be positive")
     if not 0.0 <= args.thresh <= 1.0:

@@ -138,11 +138,3 @@ def load_weights(model: nn.Module, state_dict: Mapping[str, torch.Tensor], sourc
         raise UsageError("\n".join(lines))
     model.load_state_dict(theirs)
 
-
-def model_from_checkpoint(checkpoint: Dict, source: str, arch: str, num_classes: int, width: int) -> nn.Module:
-    """Build `arch` and load the checkpoint's weights into it (on the CPU)."""
-    from models import build_model
-
-    model = build_model(arch, num_classes, width)
-    load_weights(model, checkpoint["state_dict"], source)
-    return model

@@ -1,0 +1,44 @@
+"""The data flags of main.py, test.py and the MaxNorm stage, and their checks."""
+import argparse
+
+from datasets import DATASETS
+from datasets.cifar_lt import SPLITS
+from utils.errors import UsageError
+
+
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("data")
+    g.add_argument("--dataset", default="cifar10", choices=DATASETS,
+                   help="data set; 'folder' (alias 'nepes') is any tree ROOT/train/<class>/ + ROOT/val|valid|test/<class>/")
+    g.add_argument("--root", default="data", help="data set root: for CIFAR the folder holding cifar-10-batches-py/ "
+                   "or cifar-100-python/ (or that folder itself); for ImageNet-LT and iNat the folder the list "
+                   "paths are relative to; for folder data sets the folder holding train/ (default: data)")
+    g.add_argument("--dir_train_txt", default=None,
+                   help="training image list, 'relative/path label' per line (default: data/data_txt/"
+                        "ImageNet_LT_train.txt or iNaturalist18_train.txt)")
+    g.add_argument("--dir_test_txt", default=None,
+                   help="test image list (default: data/data_txt/ImageNet_LT_test.txt or iNaturalist18_val.txt)")
+    g.add_argument("--image_size", type=int, default=224,
+                   help="training crop of ImageNet-LT, iNat and folder data sets (default 224; CIFAR is 32)")
+    g.add_argument("--skip_bad_images", action="store_true",
+                   help="skip images that cannot be decoded (counted and reported each epoch) instead of stopping")
+    g.add_argument("--no_download", action="store_true", help="never download CIFAR when it is missing")
+    g.add_argument("--num_classes", type=int, default=None,
+                   help="number of classes (default: the data set's); must match the data")
+    g.add_argument("--imbanlance_rate", "--imbalance_rate", dest="imbanlance_rate", type=float, default=0.01,
+                   help="n_min / n_max of the long-tailed training set (0.01 is IF 100; 1.0 is balanced)")
+    g.add_argument("--split", default="released", choices=SPLITS,
+                   help="which images the long-tailed set keeps: 'released' (seeded choice without replacement, "
+                        "class by class; the 'updated' results), 'cao' (the seed-0 split of Cao et al. 2019 used "
+                        "by most papers), or 'replacement' (the first release's draw with replacement; the paper's "
+                        "original GLMC column)")
+    g.add_argument("--data_seed", type=int, default=None,
+                   help="seed that picks the CIFAR-LT images (--split released/replacement); default: --seed, "
+                        "as released. Give it to vary the training seed on a fixed training set")
+
+
+def check_data_args(args: argparse.Namespace) -> None:
+    if not 0.0 < args.imbanlance_rate <= 1.0:
+        raise UsageError(f"--imbanlance_rate {args.imbanlance_rate} is outside (0, 1]; 0.01 means IF 100")
+    if args.image_size < 8:
+        raise UsageError(f"--image_size {args.image_size} is too small (at least 8)")
