@@ -285,6 +285,12 @@ def test_each_ablation_changes_only_its_term(batch, switch, device):
     assert changed == expected
 
 
+def test_log_prior_against_hand_values():
+    # counts 3 and 1 of 4 images: log 0.75 and log 0.25; a class with no image counts as one
+    assert torch.allclose(log_class_prior([3, 1]), torch.tensor([math.log(0.75), math.log(0.25)]))
+    assert torch.allclose(log_class_prior([4, 0]), torch.tensor([math.log(0.8), math.log(0.2)]))
+
+
 def test_balanced_softmax_shifts_only_the_rebalanced_logits(batch, device):
     net = TinyNet().to(device)
     counts, mix = [50, 10, 2], mix_of(0.3, (1, 3, 0, 2), device)

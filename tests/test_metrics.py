@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from utils.metrics import evaluate, predict, shot_groups, summarize
+from utils.metrics import evaluate, format_group, predict, shot_groups, summarize
 
 
 def test_shot_rules_differ_only_at_twenty():
@@ -75,5 +75,9 @@ def test_evaluate_reports_head_images_rule_and_groups():
 
 def test_default_and_unknown_shot_rules():
     assert shot_groups([21, 20]) == {"many": [], "medium": [0], "few": [1]}  # released: few <= 20
-    with pytest.raises(ValueError, match="unknown shot rule 'x'"):
+    with pytest.raises(ValueError, match="^unknown shot rule 'x'; expected one of \\['released', 'common'\\]$"):
         shot_groups([5], "x")
+
+
+def test_group_figures_print_with_two_decimals_or_as_empty():
+    assert format_group(None) == "empty" and format_group(12.5) == "12.50" and format_group(0.0) == "0.00"
