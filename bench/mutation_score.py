@@ -52,7 +52,8 @@ def survives_strictly(copy: str, filename: str, mutant_id: int) -> bool:
     path = os.path.join(copy, filename)
     original = open(path).read()
     try:
-        subprocess.run(["mutmut", "apply", str(mutant_id)], cwd=copy, capture_output=True)
+        if subprocess.run(["mutmut", "apply", str(mutant_id)], cwd=copy, capture_output=True).returncode:
+            raise RuntimeError(f"mutmut could not apply mutant {mutant_id} in {copy}")
         tests = subprocess.run(f"{FAST} {' '.join(CORE[filename])}", shell=True, cwd=copy, capture_output=True)
         return tests.returncode == 0
     finally:
@@ -62,8 +63,9 @@ def survives_strictly(copy: str, filename: str, mutant_id: int) -> bool:
 
 def scores(copy: str) -> Dict[str, Dict]:
     db = sqlite3.connect(os.path.join(copy, ".mutmut-cache"))
-    rows = db.execute("SELECT SourceFile.filename, Mutant.id, Mutant.status FROM Mutant "
-                      "JOIN Line ON Mutant.line = Line.id JOIN SourceFile ON Line.sourcefile = SourceFile.id")
+    rows = db.execute("SELECT SourceFile.filename, Mutant.id, Mutant.status FROM Mutant JOIN Line ON "
+                      "Mutant.line = Line.id JOIN SourceFile ON Line.sourcefile = SourceFile.id").fetchall()
+    db.close()  # `mutmut apply` below needs the cache unlocked
     out: Dict[str, Dict] = {}
     for filename, mutant_id, status in rows:
         entry = out.setdefault(filename, {"mutants": 0, "killed": 0, "survived": [], "timeout": [], "other": []})
