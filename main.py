@@ -7,6 +7,10 @@
 Flags keep the released code's spellings. A run writes into its own run folder;
 `--resume <run folder>` continues it with the settings it started with.
 """
+if __name__ == "__main__":  # first, before the slow imports: Ctrl-C while they load exits 130 in one line
+    from utils.interrupt import exit_on_ctrl_c
+    exit_on_ctrl_c()
+
 import argparse
 import os
 import shlex

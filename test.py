@@ -9,6 +9,10 @@ training set's class counts): flags left out are taken from it, and a flag that
 contradicts it stops with exit 2. Released checkpoints are evaluated from the flags.
 The JSON report goes to <run>/eval/ by default.
 """
+if __name__ == "__main__":  # first, before the slow imports: Ctrl-C while they load exits 130 in one line
+    from utils.interrupt import exit_on_ctrl_c
+    exit_on_ctrl_c()
+
 import argparse
 import os
 from typing import Dict, Optional

@@ -5,6 +5,7 @@ import pickle
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -207,3 +208,23 @@ def test_bad_checkpoints(script, flags, kind, trained_run, tmp_path, capsys):
         assert "conv1.weight" in err and "shape" in err
     after = {n: os.path.getmtime(os.path.join(run_dir, n)) for n in os.listdir(run_dir)}
     assert after == before  # nothing written to the existing run folder
+
+
+def test_ctrl_c_at_start_up_exits_130_with_one_line(tmp_path, data_root):
+    cmd = [sys.executable, "-u", os.path.join(ROOT, "main.py"), *TINY, "--root", data_root, "--epochs", "3",
+           "--root_log", str(tmp_path / "runs")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    time.sleep(0.3)  # while the libraries load
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and err == "interrupted (Ctrl-C)\n"
+    # and once the run folder is open, before training: one line, the folder's lock released
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    for line in proc.stdout:
+        if line.startswith("run folder:"):
+            proc.send_signal(signal.SIGINT)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in err, err
+    (run_dir,) = os.listdir(tmp_path / "runs")
+    assert not [n for n in os.listdir(tmp_path / "runs" / run_dir) if n.endswith(".lock") or n == ".lock"]

@@ -3,12 +3,14 @@ that repeats a run, the flags every script shares (seed, batch, device), and one
 import argparse
 import os
 import shlex
+import signal
 import sys
 from typing import Sequence
 
 import torch
 
 from utils.errors import RunStopped, UsageError
+from utils.interrupt import EXIT_INTERRUPTED, INTERRUPTED_MESSAGE
 from utils.metrics import SHOT_RULES
 
 
@@ -84,10 +86,17 @@ def select_device(gpu) -> torch.device:
 
 
 def run_cli(entry, parser: argparse.ArgumentParser, argv=None) -> None:
-    """Parse and run; a UsageError or RunStopped ends in one clear message and its exit code."""
+    """Parse and run; a UsageError or RunStopped ends in one clear message and its exit code, Ctrl-C
+    outside training (which stops at the next step by itself) in one line and exit code 130."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # KeyboardInterrupt: `finally` blocks run
     args = parser.parse_args(argv)
     try:
         entry(args)
+    except KeyboardInterrupt:
+        if args.debug:
+            raise
+        print(INTERRUPTED_MESSAGE, file=sys.stderr)
+        sys.exit(EXIT_INTERRUPTED)
     except (UsageError, RunStopped) as exc:
         if args.debug:
             raise

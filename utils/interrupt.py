@@ -1,10 +1,26 @@
-"""Clean interruption: the first SIGINT/SIGTERM lets the current step finish, a second exits at once."""
+"""Clean interruption: Ctrl-C at start-up exits 130 with one line; during training the first
+SIGINT/SIGTERM lets the current step finish, a second exits at once."""
 import os
 import signal
 import sys
 from typing import Callable, Optional
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
+EXIT_INTERRUPTED = 128 + signal.SIGINT
+
+
+INTERRUPTED_MESSAGE = "interrupted (Ctrl-C)"
+
+
+def _exit_now(signum, frame) -> None:
+    print(INTERRUPTED_MESSAGE, file=sys.stderr, flush=True)
+    os._exit(EXIT_INTERRUPTED)
+
+
+def exit_on_ctrl_c() -> None:
+    """Ctrl-C exits at once with code 130 and one line. For the scripts' imports, before anything
+    is written: an exception raised there could be swallowed by a library's catch-all."""
+    signal.signal(signal.SIGINT, _exit_now)
 
 
 class StopRequest:
