@@ -70,7 +70,7 @@ def scores(copy: str) -> Dict[str, Dict]:
     for filename, mutant_id, status in rows:
         entry = out.setdefault(filename, {"mutants": 0, "killed": 0, "survived": [], "timeout": [], "other": []})
         entry["mutants"] += 1
-        if status == "ok_killed":
+        if status in ("ok_killed", "ok_suspicious"):  # suspicious: killed, but the tests ran slowly
             entry["killed"] += 1
         elif status == "bad_survived":
             if filename in CORE and not survives_strictly(copy, filename, mutant_id):
