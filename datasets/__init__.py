@@ -24,7 +24,7 @@ LIST_DATASETS = {
 }
 FOLDER_DATASETS = ("folder", "nepes")
 DATASETS = tuple(CIFAR_INFO) + tuple(LIST_DATASETS) + FOLDER_DATASETS
-DATA_TXT = os.path.join("data", "data_txt")
+LISTS_FOLDER = "data_txt"  # the image lists' default folder, inside --root
 EVAL_BATCH_SIZE = 256
 
 
@@ -66,9 +66,10 @@ def data_seed(args) -> int:
     return args.seed if getattr(args, "data_seed", None) is None else args.data_seed
 
 
-def default_list_paths(dataset: str) -> Tuple[str, str]:
+def default_list_paths(dataset: str, root: str) -> Tuple[str, str]:
+    """`<root>/data_txt/<standard list name>` for training and test."""
     _, train, test, _ = LIST_DATASETS[dataset]
-    return os.path.join(DATA_TXT, train), os.path.join(DATA_TXT, test)
+    return os.path.join(root, LISTS_FOLDER, train), os.path.join(root, LISTS_FOLDER, test)
 
 
 def _check_num_classes(args, found: int, what: str) -> int:
@@ -98,7 +99,7 @@ def build_data(args, views: int = 2) -> DataBundle:
     if args.dataset in LIST_DATASETS:
         num_classes, _, _, stats = LIST_DATASETS[args.dataset]
         num_classes = args.num_classes or num_classes
-        train_list, test_list = default_list_paths(args.dataset)
+        train_list, test_list = default_list_paths(args.dataset, args.root)
         train_list, test_list = args.dir_train_txt or train_list, args.dir_test_txt or test_list
         train_paths, train_labels = read_image_list(train_list, args.root, num_classes, "--dir_train_txt")
         test_paths, test_labels = read_image_list(test_list, args.root, num_classes, "--dir_test_txt")

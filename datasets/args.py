@@ -14,10 +14,10 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    "or cifar-100-python/ (or that folder itself); for ImageNet-LT and iNat the folder the list "
                    "paths are relative to; for folder data sets the folder holding train/ (default: data)")
     g.add_argument("--dir_train_txt", default=None,
-                   help="training image list, 'relative/path label' per line (default: data/data_txt/"
+                   help="training image list, 'relative/path label' per line (default: ROOT/data_txt/"
                         "ImageNet_LT_train.txt or iNaturalist18_train.txt)")
     g.add_argument("--dir_test_txt", default=None,
-                   help="test image list (default: data/data_txt/ImageNet_LT_test.txt or iNaturalist18_val.txt)")
+                   help="test image list (default: ROOT/data_txt/ImageNet_LT_test.txt or iNaturalist18_val.txt)")
     g.add_argument("--image_size", type=int, default=224,
                    help="training crop of ImageNet-LT, iNat and folder data sets (default 224; CIFAR is 32)")
     g.add_argument("--skip_bad_images", action="store_true",

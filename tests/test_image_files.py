@@ -1,6 +1,8 @@
 """ImageNet-LT / iNat lists, folder data sets, preflight, the iNat list script, warm-up, ResNeXt-50."""
+import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -203,3 +205,16 @@ def test_list_data_set_missing_images_stop_before_training(tmp_path):
                train_txt, "--dir_test_txt", test_txt, *SMALL, "--root_log", str(tmp_path / "runs")])
     assert out.returncode == 2 and "1 of 8 files" in out.stderr and "ILSVRC2012_val_2_1" in out.stderr
     assert not os.path.exists(tmp_path / "runs")
+
+
+def test_lists_default_to_data_txt_inside_the_root(tmp_path):
+    from datasets import build_data
+
+    root, train_txt, test_txt = imagenet_style(tmp_path)
+    os.makedirs(os.path.join(root, "data_txt"))
+    shutil.copy(train_txt, os.path.join(root, "data_txt", "ImageNet_LT_train.txt"))
+    shutil.copy(test_txt, os.path.join(root, "data_txt", "ImageNet_LT_test.txt"))
+    args = argparse.Namespace(dataset="ImageNet-LT", root=root, dir_train_txt=None, dir_test_txt=None,
+                              num_classes=4, image_size=32, skip_bad_images=False)
+    data = build_data(args)
+    assert data.train_counts == [6, 4, 2, 1] and len(data.test) == 8
