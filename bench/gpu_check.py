@@ -98,7 +98,7 @@ def jpeg_archive_to_batches(archive: str, root: str) -> str:
     return folder
 
 
-def write_tiny_archive(path: str, train_per_class: int = 20, test_per_class: int = 5) -> None:
+def write_tiny_archive(path: str, train_per_class: int = 100, test_per_class: int = 5) -> None:
     """A small JPEG archive in the real one's layout (for --smoke)."""
     from PIL import Image
 
@@ -228,7 +228,7 @@ class Check:
             for name in SETTINGS:
                 tag = f"{width}-{len(workers)}"
                 spec = {"setting": name, "width": width, "device": self.device, "batch": self.results["batch"],
-                        "n_max": 20 if self.opts.smoke else 5000, "min_timed_s": 0.2 if self.opts.smoke else 2.0,
+                        "n_max": 100 if self.opts.smoke else 5000, "min_timed_s": 0.2 if self.opts.smoke else 2.0,
                         "lock": lock_path, "ready": os.path.join(self.work, f"ready-{tag}"),
                         "log": os.path.join(self.work, f"measure-{tag}.log")}
                 with open(spec["log"], "w") as log:

@@ -1,6 +1,7 @@
 """Data sets for GLMC: `build_data(args)` returns the training and test sets and the class counts."""
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -78,6 +79,19 @@ def _check_num_classes(args, found: int, what: str) -> int:
     return found
 
 
+def check_class_counts(counts: List[int], names: Optional[List[str]], allow_empty: bool, few: int = 5) -> None:
+    """Stop on a class with no training image (unless allowed); name the classes with fewer than `few`."""
+    label = (lambda c: f"{c} ({names[c]})") if names else str
+    empty = [label(c) for c, n in enumerate(counts) if n == 0]
+    if empty and not allow_empty:
+        raise UsageError(f"{len(empty)} class(es) have no training image: {', '.join(empty[:10])}"
+                         f"{' ...' if len(empty) > 10 else ''}. Fix the data, or pass --allow_empty_classes")
+    scarce = [f"{label(c)}: {n}" for c, n in enumerate(counts) if 0 < n < few]
+    if scarce:
+        print(f"warning: {len(scarce)} class(es) have fewer than {few} training images: {', '.join(scarce[:10])}"
+              f"{' ...' if len(scarce) > 10 else ''}", file=sys.stderr)
+
+
 def build_data(args, views: int = 2) -> DataBundle:
     """The long-tailed training set (`views` augmented views per image) and the test set."""
     wrap = TwoViews if views == 2 else (lambda t: t)
@@ -85,6 +99,8 @@ def build_data(args, views: int = 2) -> DataBundle:
         num_classes = _check_num_classes(args, CIFAR_INFO[args.dataset]["num_classes"], args.dataset)
         arrays = load_cifar_lt(args.root, args.dataset, args.imbanlance_rate, args.split, data_seed(args),
                                download=not args.no_download)
+        check_class_counts(class_counts(arrays["train"].labels, num_classes), arrays["class_names"],
+                           getattr(args, "allow_empty_classes", False))
         train = ImageArrayDataset(arrays["train"].images, arrays["train"].labels,
                                   wrap(cifar_train_transform(args.dataset)))
         test = ImageArrayDataset(arrays["test"].images, arrays["test"].labels, cifar_test_transform(args.dataset))
@@ -103,12 +119,18 @@ def build_data(args, views: int = 2) -> DataBundle:
         train_list, test_list = args.dir_train_txt or train_list, args.dir_test_txt or test_list
         train_paths, train_labels = read_image_list(train_list, args.root, num_classes, "--dir_train_txt")
         test_paths, test_labels = read_image_list(test_list, args.root, num_classes, "--dir_test_txt")
+        found = max(list(train_labels) + list(test_labels), default=-1) + 1
+        if found != num_classes:
+            source = "given" if args.num_classes else f"{args.dataset}'s"
+            raise UsageError(f"--num_classes {num_classes} ({source}) does not match the lists {train_list!r} and "
+                             f"{test_list!r}, whose labels run from 0 to {found - 1}: {found} classes")
         names = None
     else:
         stats = IMAGENET_STATS
         train_paths, train_labels, names = scan_class_folders(os.path.join(args.root, "train"))
         test_paths, test_labels, _ = scan_class_folders(find_eval_split(args.root), names)
         num_classes = _check_num_classes(args, len(names), f"the class folders of {args.root!r}")
+    check_class_counts(class_counts(train_labels, num_classes), names, getattr(args, "allow_empty_classes", False))
     size = args.image_size
     train = ImageFileDataset(train_paths, train_labels, wrap(large_train_transform(size, stats)), skip_bad=skip)
     test = ImageFileDataset(test_paths, test_labels, large_test_transform(size, stats), skip_bad=skip)

@@ -6,10 +6,26 @@ from datasets.cifar_lt import SPLITS
 from utils.errors import UsageError
 
 
+ALIASES = {"inaturalist2018": "iNaturelist2018", "inat2018": "iNaturelist2018", "inaturalist18": "iNaturelist2018",
+           "inat": "iNaturelist2018"}
+
+
+def dataset_name(text: str) -> str:
+    """The released spelling of a data set name given in any letter case, with or without '-', '_'
+    (cifar-10, CIFAR10, imagenet_lt, iNaturalist2018, ...)."""
+    key = text.lower().replace("-", "").replace("_", "").replace(" ", "")
+    names = {name.lower().replace("-", ""): name for name in DATASETS}
+    if key in names or key in ALIASES:
+        return names.get(key) or ALIASES[key]
+    raise argparse.ArgumentTypeError(f"unknown data set {text!r}; choose one of {', '.join(DATASETS)}")
+
+
 def add_data_args(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
-    g.add_argument("--dataset", default="cifar10", choices=DATASETS,
-                   help="data set; 'folder' (alias 'nepes') is any tree ROOT/train/<class>/ + ROOT/val|valid|test/<class>/")
+    g.add_argument("--dataset", default="cifar10", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
+                   help="data set, in any letter case, '-' and '_' optional (iNaturalist2018 and inat2018 are "
+                        "iNaturelist2018); 'folder' (alias 'nepes') is any tree ROOT/train/<class>/ + "
+                        "ROOT/val|valid|test/<class>/")
     g.add_argument("--root", default="data", help="data set root: for CIFAR the folder holding cifar-10-batches-py/ "
                    "or cifar-100-python/ (or that folder itself); for ImageNet-LT and iNat the folder the list "
                    "paths are relative to; for folder data sets the folder holding train/ (default: data)")
@@ -25,6 +41,8 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no_download", action="store_true", help="never download CIFAR when it is missing")
     g.add_argument("--num_classes", type=int, default=None,
                    help="number of classes (default: the data set's); must match the data")
+    g.add_argument("--allow_empty_classes", action="store_true",
+                   help="train although a class has no training image (default: stop, exit 2)")
     g.add_argument("--imbanlance_rate", "--imbalance_rate", dest="imbanlance_rate", type=float, default=0.01,
                    help="n_min / n_max of the long-tailed training set (0.01 is IF 100; 1.0 is balanced)")
     g.add_argument("--split", default="released", choices=SPLITS,

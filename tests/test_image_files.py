@@ -218,3 +218,47 @@ def test_lists_default_to_data_txt_inside_the_root(tmp_path):
                               num_classes=4, image_size=32, skip_bad_images=False)
     data = build_data(args)
     assert data.train_counts == [6, 4, 2, 1] and len(data.test) == 8
+
+
+@pytest.mark.parametrize("given,name", [
+    ("cifar-10", "cifar10"), ("CIFAR100", "cifar100"), ("imagenet_lt", "ImageNet-LT"),
+    ("iNaturalist2018", "iNaturelist2018"), ("inat2018", "iNaturelist2018"), ("NEPES", "nepes"), ("Folder", "folder")])
+def test_data_set_names_in_natural_spellings(given, name):
+    import main
+
+    assert main.get_args_parser().parse_args(["--dataset", given]).dataset == name
+
+
+def test_unknown_data_set_name_lists_the_known_ones(capsys):
+    import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main.get_args_parser().parse_args(["--dataset", "mnist"])
+    assert exit_.value.code == 2 and "unknown data set 'mnist'" in capsys.readouterr().err
+
+
+def list_args(root, train_txt, test_txt, **kw):
+    return argparse.Namespace(**{**dict(dataset="ImageNet-LT", root=root, dir_train_txt=train_txt,
+                                        dir_test_txt=test_txt, num_classes=None, image_size=32,
+                                        skip_bad_images=False), **kw})
+
+
+def test_num_classes_must_match_the_labels_of_the_lists(tmp_path):
+    from datasets import build_data
+
+    root, train_txt, test_txt = imagenet_style(tmp_path)  # labels 0..3
+    with pytest.raises(UsageError, match="--num_classes 8142 .given. does not match the lists .* 4 classes"):
+        build_data(list_args(root, train_txt, test_txt, num_classes=8142))
+    with pytest.raises(UsageError, match="--num_classes 1000 .ImageNet-LT's. does not match"):
+        build_data(list_args(root, train_txt, test_txt))
+
+
+def test_a_class_without_training_images_stops_unless_allowed(tmp_path, capsys):
+    from datasets import build_data
+
+    root, train_txt, test_txt = imagenet_style(tmp_path, counts=(6, 0, 2, 3))
+    with pytest.raises(UsageError, match="1 class.es. have no training image: 1. .*--allow_empty_classes"):
+        build_data(list_args(root, train_txt, test_txt, num_classes=4))
+    data = build_data(list_args(root, train_txt, test_txt, num_classes=4, allow_empty_classes=True))
+    assert data.train_counts == [6, 0, 2, 3]
+    assert "2 class(es) have fewer than 5 training images: 2: 2, 3: 3" in capsys.readouterr().err
