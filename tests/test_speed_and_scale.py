@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import main as train_script
-from datasets.tensor_path import Normalize, crop_flip, draw_crop_flip
+from datasets.tensor_path import Normalize, TensorTestLoader, TensorTrainLoader, crop_flip, draw_crop_flip
 from tests.conftest import ROOT, write_cifar
 
 TINY = ["--dataset", "cifar10", "-a", "resnet32", "--width", "8", "--imbanlance_rate", "0.1", "-j", "0",
@@ -178,3 +178,32 @@ def test_batch_must_split_across_processes(data_root, tmp_path):
     out = torchrun(TINY[:-4] + ["-b", "15", "-p", "100", "--root", data_root, "--epochs", "1",
                                 "--root_log", str(tmp_path)])
     assert out.returncode != 0 and "not divisible by the 2 processes" in out.stderr
+
+
+def test_tensor_test_loader_gives_every_test_image_in_order():
+    images = np.random.RandomState(1).randint(0, 256, size=(10, 32, 32, 3), dtype=np.uint8)
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    loader = TensorTestLoader(images, list(range(10)), torch.device("cpu"), mean, std, batch_size=4)
+    batches = list(loader)
+    assert len(loader) == 3 and [len(y) for _, y in batches] == [4, 4, 2]
+    x = torch.cat([b for b, _ in batches])
+    expected = (torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255 - torch.tensor(mean).view(1, 3, 1, 1)) \
+        / torch.tensor(std).view(1, 3, 1, 1)
+    assert torch.allclose(x, expected, atol=1e-5) and torch.cat([y for _, y in batches]).tolist() == list(range(10))
+    shard = TensorTestLoader(images, list(range(10)), torch.device("cpu"), mean, std, 4, indices=range(1, 10, 2))
+    assert torch.cat([y for _, y in shard]).tolist() == [1, 3, 5, 7, 9]
+
+
+def test_tensor_train_loader_with_one_view_and_no_partner():
+    """The cross-entropy baseline: one view of the uniform batch only; by default one process, all images."""
+    images = np.random.RandomState(2).randint(0, 256, size=(20, 32, 32, 3), dtype=np.uint8)
+    targets = [c for c in range(4) for _ in range(5)]
+    loader = TensorTrainLoader(images, targets, [5] * 4, 8, None, 0, torch.device("cpu"), (0.5,) * 3, (0.25,) * 3,
+                               views=1)
+    batches = list(loader.epoch(0))
+    assert len(loader) == 3 and all(len(batch) == 1 for batch in batches)
+    assert [tuple(x.shape) for ((x, _),) in batches] == [(8, 3, 32, 32), (8, 3, 32, 32), (4, 3, 32, 32)]
+    assert sorted(torch.cat([y for ((_, y),) in batches]).tolist()) == targets
+    two_views = TensorTrainLoader(images, targets, [5] * 4, 8, 0.0, 0, torch.device("cpu"), (0.5,) * 3, (0.25,) * 3)
+    ((a1, a2), y), ((b1, b2), y_b) = next(iter(two_views.epoch(0)))  # default: two views, with a partner batch
+    assert a1.shape == a2.shape == b1.shape == b2.shape == (8, 3, 32, 32) and not torch.equal(a1, a2)
