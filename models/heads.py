@@ -1,4 +1,4 @@
-"""The four linear heads every GLMC backbone ends in (SPEC §4).
+"""The four linear heads every GLMC backbone ends in.
 
 `fc` and `fc_cb` map the pooled feature to class logits; `projection_head`
 maps it to z and `contrast_head` maps z to the prediction p used by the

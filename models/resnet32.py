@@ -1,4 +1,4 @@
-"""CIFAR ResNet-32 as released with GLMC (SPEC §4).
+"""CIFAR ResNet-32 as released with GLMC.
 
 Three stages of five basic blocks, a 3x3 stem, parameter-free "option A"
 shortcuts and global average pooling. The released network has base width 64

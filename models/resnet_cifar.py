@@ -1,4 +1,4 @@
-"""CIFAR variants of ResNet-18/34/50 as released with GLMC (SPEC §4).
+"""CIFAR variants of ResNet-18/34/50 as released with GLMC.
 
 3x3 stem without max-pool, four stages 64/128/256/512, projection shortcuts
 (1x1 conv + BN) where the shape changes. Module names (`conv1.0`,

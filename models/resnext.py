@@ -1,4 +1,4 @@
-"""ResNeXt-50 32x4d for ImageNet-LT and iNaturalist 2018 (SPEC §4).
+"""ResNeXt-50 32x4d for ImageNet-LT and iNaturalist 2018.
 
 torchvision's layout and initialisation (Kaiming-normal fan-out convolutions,
 BatchNorm weight 1 and bias 0), randomly initialised, with the four GLMC heads

@@ -1,4 +1,4 @@
-"""The MaxNorm second stage behind the published "+ MaxNorm" rows (SPEC §8).
+"""The MaxNorm second stage behind the published "+ MaxNorm" rows.
 
 Freezes the backbone of a trained GLMC checkpoint, re-trains only the classifier
 (`fc_cb`) on the long-tailed training set with the class-balanced focal loss

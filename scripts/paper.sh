@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command per row of the published results (SPEC §10), for a GPU machine.
+# One command per row of the published results, for a GPU machine.
 #
 #   bash scripts/paper.sh list            # the rows, with the published top-1
 #   bash scripts/paper.sh ROW [FLAGS...]  # run one row; FLAGS are added to main.py (e.g. --root DIR), and

@@ -1,4 +1,4 @@
-"""Checkpoints in the released layout (SPEC §8), written crash-safe."""
+"""Checkpoints in the released layout, written crash-safe."""
 import os
 import shutil
 import tempfile

@@ -1,4 +1,4 @@
-"""MaxNorm (Alshammari et al., CVPR 2022; SPEC §8): cap the L2 norm of each classifier row.
+"""MaxNorm (Alshammari et al., CVPR 2022): cap the L2 norm of each classifier row.
 
 `max_norm_threshold` sets the cap once from the rows' norms, min + thresh * (max - min);
 `project_rows_` scales the rows above it onto it and leaves biases alone. The

@@ -1,4 +1,4 @@
-"""Evaluation figures (SPEC §7): top-k per sample, per-class accuracy, shot groups."""
+"""Evaluation figures as in the released code: top-k per sample, per-class accuracy, shot groups."""
 from typing import Dict, List, Optional, Sequence
 
 import torch

@@ -1,4 +1,4 @@
-"""Learning-rate schedules (SPEC §6), as LambdaLR factors of the base rate, stepped once per epoch."""
+"""Learning-rate schedules, as LambdaLR factors of the base rate, stepped once per epoch."""
 import math
 
 import torch
