@@ -32,7 +32,7 @@ from utils.errors import EXIT_DIVERGED, RunStopped, UsageError, WriteFailed
 from utils.interrupt import StopRequest
 from utils.losses import LossOptions, cumulative_alpha, log_class_prior
 from utils.metrics import evaluate, format_group
-from utils.progress import DivergenceWatch, EpochProgress
+from utils.progress import DivergenceWatch, EpochProgress, format_duration, remaining_time
 from utils.rng import restore_rng_states, rng_states, seed_everything
 from utils.run_log import RunLog, library_versions, write_json
 from utils.runs import (RunLock, adopt_checkpoint_args, append_metrics, check_resumable, check_training_set,
@@ -169,7 +169,7 @@ def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args,
     The host waits for the device only at progress lines (and, under torchrun, for the stop check).
     """
     model.train()
-    start, seen_before, steps = time.time(), progress.seen, len(train_loader)
+    start, seen_before, steps, first_step = time.time(), progress.seen, len(train_loader), progress.step
     watch = DivergenceWatch(device)
     step_loss.begin_epoch(epoch, steps)
     for batch in train_loader.epoch(epoch, skip_batches=progress.step):
@@ -190,10 +190,14 @@ def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args,
         progress_line = (progress.step - 1) % args.print_freq == 0 or progress.step == steps
         if progress_line:
             watch.check(epoch, world, device)
-            rate = (progress.seen - seen_before) * world.size / (time.time() - start)
+            elapsed = time.time() - start
+            rate = (progress.seen - seen_before) * world.size / elapsed
+            epoch_left, run_left = remaining_time(elapsed, progress.step - first_step, steps - progress.step, steps,
+                                                  args.epochs - epoch - 1)
             log.print(f"epoch {epoch + 1}/{args.epochs} step {progress.step}/{steps} "
                       + " ".join(f"{k} {v:.4f}" for k, v in progress.means().items())
-                      + f" lr {optimizer.param_groups[0]['lr']:.5f} {rate:.0f} img/s")
+                      + f" lr {optimizer.param_groups[0]['lr']:.5f} {rate:.0f} img/s; {format_duration(elapsed)} "
+                      f"elapsed, epoch {format_duration(epoch_left)} left, run about {format_duration(run_left)} left")
         # under torchrun the stop request is exchanged at progress lines only (a collective is a host sync)
         if (progress_line or not world.enabled) and any_rank(world, [stop.signum is not None], device)[0]:
             break

@@ -357,3 +357,11 @@ def test_loss_runs_the_networks_training_forward(device):
                             pair(0.5, device))
     loss.backward()
     assert net.projection_head[0].weight.grad.abs().sum() > 0 and net.fc_cb.weight.grad.abs().sum() > 0
+
+
+def test_remaining_time_and_durations():
+    from utils.progress import format_duration, remaining_time
+
+    # 10 s for 5 steps: 2 s a step; 15 steps left of 20, then 3 more epochs of 20 steps
+    assert remaining_time(10.0, 5, 15, 20, 3) == (30.0, 30.0 + 120.0)
+    assert [format_duration(s) for s in (45, 200, 7500, 97200)] == ["45s", "3m20s", "2h05m", "1d03h"]

@@ -26,6 +26,27 @@ class EpochProgress:
         return {"step": self.step, "seen": self.seen, "sums": {k: float(v) for k, v in self.sums.items()}}
 
 
+def remaining_time(elapsed: float, steps_done: int, steps_left: int, steps_per_epoch: int,
+                   epochs_after: int) -> Tuple[float, float]:
+    """(seconds left in this epoch, seconds left in the run) at the epoch's pace so far; evaluation
+    and the first steps' compilation are not told apart, so early estimates run high."""
+    per_step = elapsed / max(steps_done, 1)
+    epoch_left = per_step * steps_left
+    return epoch_left, epoch_left + per_step * steps_per_epoch * epochs_after
+
+
+def format_duration(seconds: float) -> str:
+    """45s, 3m20s, 2h05m, 1d03h."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    if seconds < 86400:
+        return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
+    return f"{seconds // 86400}d{seconds % 86400 // 3600:02d}h"
+
+
 class DivergenceWatch:
     """Remembers the first step whose loss was not finite, without waiting for the device;
     `check` (at progress lines and before anything is saved) stops the run if there was one."""
