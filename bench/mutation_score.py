@@ -54,7 +54,8 @@ def survives_strictly(copy: str, filename: str, mutant_id: int) -> bool:
     try:
         if subprocess.run(["mutmut", "apply", str(mutant_id)], cwd=copy, capture_output=True).returncode:
             raise RuntimeError(f"mutmut could not apply mutant {mutant_id} in {copy}")
-        tests = subprocess.run(f"{FAST} {' '.join(CORE[filename])}", shell=True, cwd=copy, capture_output=True)
+        present = [t for t in CORE[filename] if os.path.exists(os.path.join(copy, t))]  # an older copy's tests
+        tests = subprocess.run(f"{FAST} {' '.join(present)}", shell=True, cwd=copy, capture_output=True)
         return tests.returncode == 0
     finally:
         with open(path, "w") as f:
