@@ -1,3 +1,6 @@
+import os
+import pickle
+
 import numpy as np
 import pytest
 import torch
@@ -181,3 +184,69 @@ def test_a_missing_release_is_downloaded_from_the_official_address(tmp_path, mon
     monkeypatch.setattr(tv_utils, "download_and_extract_archive", fake_download)
     arrays = load_cifar_lt(str(tmp_path / "new"), dataset, 1.0, "released", 1)
     assert asked == [url] and len(arrays["train"].labels) == 2 * (10 if dataset == "cifar10" else 100)
+
+
+def test_two_classes_and_one_class():
+    assert img_num_per_class(100, 2, 0.1) == [100, 10] and img_num_per_class(100, 1, 0.1) == [100]
+
+
+def test_replacement_split_draws_with_replacement_from_the_seeded_global_generator():
+    labels = np.random.RandomState(5).randint(0, 3, size=60)
+    counts = [15, 10, 5]
+    np.random.seed(3407)  # the first release: choice with replacement, class by class
+    expected = np.concatenate([np.random.choice(np.where(labels == c)[0], n, replace=True)
+                               for c, n in enumerate(counts)])
+    assert np.array_equal(select_long_tailed(labels, counts, "replacement", 3407), expected)
+    with pytest.raises(ValueError, match=r"^unknown split 'x'; expected one of \('released', 'cao', 'replacement'\)$"):
+        select_long_tailed(labels, counts, "x", 1)
+
+
+def test_split_flag_accepts_the_three_splits_only(capsys):
+    import argparse
+
+    from datasets.args import add_data_args
+
+    parser = argparse.ArgumentParser()
+    add_data_args(parser)
+    assert [parser.parse_args(["--split", s]).split for s in ("released", "cao", "replacement")] == \
+        ["released", "cao", "replacement"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--split", "random"])
+
+
+def test_a_folder_with_only_some_release_files_is_not_the_release(tmp_path):
+    folder = write_cifar(str(tmp_path), train_per_class=1, test_per_class=1)
+    os.remove(os.path.join(folder, "test_batch"))
+    assert find_cifar_folder(folder, "cifar10") is None  # training files without the test file
+    assert find_cifar_folder(str(tmp_path), "cifar10") == folder  # the child folder is found by its name
+
+
+def test_a_pickle_without_labels_is_refused(tmp_path):
+    folder = write_cifar(str(tmp_path), train_per_class=1, test_per_class=1)
+    with open(os.path.join(folder, "test_batch"), "wb") as f:
+        pickle.dump({b"data": np.zeros((10, 3072), np.uint8)}, f)
+    with pytest.raises(UsageError, match="lacks the keys 'data' and 'labels'"):
+        load_cifar_lt(str(tmp_path), "cifar10", 1.0, "released", 1, download=False)
+
+
+def test_a_meta_file_with_the_wrong_number_of_names_is_ignored(tmp_path):
+    folder = write_cifar(str(tmp_path), train_per_class=1, test_per_class=1, class_names=["a", "b", "c"])
+    assert read_class_names(folder, "cifar10") is None
+
+
+def test_an_existing_release_is_not_downloaded_again(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    write_cifar(str(tmp_path), train_per_class=1, test_per_class=1)
+    monkeypatch.setattr(tv_utils, "download_and_extract_archive", lambda *a, **kw: pytest.fail("downloaded"))
+    assert len(load_cifar_lt(str(tmp_path), "cifar10", 1.0, "released", 1)["train"].labels) == 10
+
+
+def test_a_release_short_of_images_for_the_counts_is_refused(tmp_path):
+    folder = write_cifar(str(tmp_path), train_per_class=4, test_per_class=1)
+    path = os.path.join(folder, "data_batch_1")
+    entry = pickle.load(open(path, "rb"), encoding="bytes")
+    entry[b"labels"] = [1 if y == 0 else y for y in entry[b"labels"]]  # class 0 loses its images here
+    pickle.dump(entry, open(path, "wb"))
+    with pytest.raises(UsageError, match="which cannot give the long-tailed counts"):
+        load_cifar_lt(str(tmp_path), "cifar10", 1.0, "released", 1, download=False)
