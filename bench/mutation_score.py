@@ -62,13 +62,15 @@ def survives_strictly(copy: str, filename: str, mutant_id: int) -> bool:
             f.write(original)
 
 
-def scores(copy: str) -> Dict[str, Dict]:
+def scores(copy: str, files: List[str]) -> Dict[str, Dict]:
     db = sqlite3.connect(os.path.join(copy, ".mutmut-cache"))
     rows = db.execute("SELECT SourceFile.filename, Mutant.id, Mutant.status FROM Mutant JOIN Line ON "
                       "Mutant.line = Line.id JOIN SourceFile ON Line.sourcefile = SourceFile.id").fetchall()
     db.close()  # `mutmut apply` below needs the cache unlocked
     out: Dict[str, Dict] = {}
     for filename, mutant_id, status in rows:
+        if filename not in files:
+            continue
         entry = out.setdefault(filename, {"mutants": 0, "killed": 0, "survived": [], "timeout": [], "other": []})
         entry["mutants"] += 1
         if status in ("ok_killed", "ok_suspicious"):  # suspicious: killed, but the tests ran slowly
@@ -111,7 +113,7 @@ def main() -> int:
         for path in files:
             print(f"mutating {path} (tests: {' '.join(CORE[path])})", flush=True)
             mutate(copy, path, CORE[path])
-    result = scores(copy)
+    result = scores(copy, files)
     print("\n| file | mutants | killed | survived | timed out | not run | score |\n|---|---|---|---|---|---|---|")
     for filename, e in sorted(result.items()):
         print(f"| {filename} | {e['mutants']} | {e['killed']} | {len(e['survived'])} | {len(e['timeout'])} | "
