@@ -127,7 +127,7 @@ def measure(spec: Dict) -> Dict:
     from datasets.transforms import CIFAR_STATS
     from models import build_model
     from utils.distributed import World
-    from utils.losses import LossOptions
+    from utils.losses import LossOptions, cumulative_alpha
     from utils.speed import prepare_model
     from utils.train_step import GLMCStep, train_step
 
@@ -140,7 +140,7 @@ def measure(spec: Dict) -> Dict:
                                spec["batch"], 0.0, 3407, device, *CIFAR_STATS["cifar10"])
     model = prepare_model(build_model("resnet32", 10, spec["width"]), device, World(), channels_last).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-3)
-    step_loss = GLMCStep(counts, 1.2, LossOptions(4.0), lambda epoch: 1.0 - (epoch / 200) ** 2, 32, 3407, None,
+    step_loss = GLMCStep(counts, 1.2, LossOptions(4.0), lambda epoch: cumulative_alpha(epoch, 200), 32, 3407, None,
                          device, mode)
 
     def epoch(e: int) -> float:

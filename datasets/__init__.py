@@ -99,12 +99,12 @@ def build_data(args, views: int = 2) -> DataBundle:
         num_classes = _check_num_classes(args, CIFAR_INFO[args.dataset]["num_classes"], args.dataset)
         arrays = load_cifar_lt(args.root, args.dataset, args.imbanlance_rate, args.split, data_seed(args),
                                download=not args.no_download)
-        check_class_counts(class_counts(arrays["train"].labels, num_classes), arrays["class_names"],
-                           getattr(args, "allow_empty_classes", False))
+        counts = class_counts(arrays["train"].labels, num_classes)
+        check_class_counts(counts, arrays["class_names"], getattr(args, "allow_empty_classes", False))
         train = ImageArrayDataset(arrays["train"].images, arrays["train"].labels,
                                   wrap(cifar_train_transform(args.dataset)))
         test = ImageArrayDataset(arrays["test"].images, arrays["test"].labels, cifar_test_transform(args.dataset))
-        return DataBundle(train, test, class_counts(train.targets, num_classes), num_classes, image_size=32,
+        return DataBundle(train, test, counts, num_classes, image_size=32,
                           class_names=arrays["class_names"],
                           fingerprint=fingerprint_arrays(arrays["train"].images, arrays["train"].labels))
 
@@ -130,11 +130,12 @@ def build_data(args, views: int = 2) -> DataBundle:
         train_paths, train_labels, names = scan_class_folders(os.path.join(args.root, "train"))
         test_paths, test_labels, _ = scan_class_folders(find_eval_split(args.root), names)
         num_classes = _check_num_classes(args, len(names), f"the class folders of {args.root!r}")
-    check_class_counts(class_counts(train_labels, num_classes), names, getattr(args, "allow_empty_classes", False))
+    counts = class_counts(train_labels, num_classes)
+    check_class_counts(counts, names, getattr(args, "allow_empty_classes", False))
     size = args.image_size
     train = ImageFileDataset(train_paths, train_labels, wrap(large_train_transform(size, stats)), skip_bad=skip)
     test = ImageFileDataset(test_paths, test_labels, large_test_transform(size, stats), skip_bad=skip)
-    return DataBundle(train, test, class_counts(train_labels, num_classes), num_classes, size, names,
+    return DataBundle(train, test, counts, num_classes, size, names,
                       files=[("training images", train_paths), ("test images", test_paths)],
                       fingerprint=fingerprint_files(train_paths, train_labels, args.root))
 
