@@ -2,12 +2,14 @@
 
     python test.py --resume runs/<run>            # the run's best checkpoint; settings from the checkpoint
     python test.py --dataset ImageNet-LT -a resnext50_32x4d --num_classes 1000 --resume model_path
-        [--head fc] [--max_norm 0.1] [--logit_adjust 1.0] [--json report.json] [--plot per_class.png]
+        [--head fc] [--tau_norm 1.0 | --norm_cap 0.1] [--logit_adjust 1.0] [--json report.json] [--plot per_class.png]
 
 A checkpoint written by main.py describes its run (network, width, data set, the
 training set's class counts): flags left out are taken from it, and a flag that
 contradicts it stops with exit 2. Released checkpoints are evaluated from the flags.
-The JSON report goes to <run>/eval/ by default.
+The JSON report goes to <run>/eval/ by default. The post-hoc methods change the
+classifier without any training; the "+ MaxNorm" second stage (re-training the
+classifier) is scripts/maxnorm_stage.py.
 """
 if __name__ == "__main__":  # first, before the slow imports: Ctrl-C while they load exits 130 in one line
     from utils.interrupt import exit_on_ctrl_c
@@ -25,7 +27,7 @@ from utils.checkpoint import read_checkpoint
 from utils.config import FlagTrackingParser, add_run_args, check_run_args, run_cli, select_device
 from utils.errors import UsageError, writing
 from utils.losses import log_class_prior
-from utils.maxnorm import max_norm_threshold, project_rows_
+from utils.maxnorm import max_norm_threshold, project_rows_, tau_normalize_rows_
 from utils.metrics import predict, summarize
 from utils.report import confusion_cells, plot_per_class, table
 from utils.run_log import write_json
@@ -44,8 +46,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "best checkpoint")
     g.add_argument("--head", default="fc_cb", choices=["fc_cb", "fc"],
                    help="classifier to evaluate: fc_cb (re-balanced, as released) or fc")
-    g.add_argument("--max_norm", type=float, default=None, metavar="THRESH",
-                   help="post-hoc MaxNorm: cap the head's weight rows at min + THRESH * (max - min) of their norms")
+    g.add_argument("--tau_norm", type=float, default=None, metavar="TAU",
+                   help="post-hoc tau-normalisation (Kang et al. 2020): each weight row w_c of the head becomes "
+                        "w_c / ||w_c|| ** TAU (biases untouched)")
+    g.add_argument("--norm_cap", type=float, default=None, metavar="THRESH",
+                   help="post-hoc one-shot cap, no retraining: the head's weight rows longer than min + THRESH * "
+                        "(max - min) of their norms are scaled down onto it (biases untouched). Not the paper's "
+                        "MaxNorm, which is a second training stage: scripts/maxnorm_stage.py")
+    g.add_argument("--max_norm", type=float, default=None, help=argparse.SUPPRESS)  # renamed: stops with a message
     g.add_argument("--logit_adjust", type=float, default=None, metavar="TAU",
                    help="post-hoc logit adjustment (Menon et al. 2021): logits - TAU * log(training class prior)")
     g.add_argument("--json", default=None,
@@ -58,8 +66,10 @@ def get_args_parser() -> argparse.ArgumentParser:
 def report_kind(args: argparse.Namespace) -> str:
     """The evaluation as a name: the head and any post-hoc method, e.g. 'fc_cb', 'fc_cb-la1'."""
     parts = [args.head]
-    if args.max_norm is not None:
-        parts.append(f"cap{args.max_norm:g}")
+    if args.tau_norm is not None:
+        parts.append(f"tau{args.tau_norm:g}")
+    if args.norm_cap is not None:
+        parts.append(f"cap{args.norm_cap:g}")
     if args.logit_adjust is not None:
         parts.append(f"la{args.logit_adjust:g}")
     return "-".join(parts)
@@ -76,8 +86,14 @@ def main(args: argparse.Namespace) -> Dict:
     check_data_args(args)
     check_model_args(args)
     check_run_args(args)
-    if args.max_norm is not None and not 0.0 <= args.max_norm <= 1.0:
-        raise UsageError(f"--max_norm {args.max_norm} must lie in [0, 1] (a fraction of the norms' range)")
+    if args.max_norm is not None:
+        raise UsageError(f"--max_norm is now --norm_cap {args.max_norm:g} (a one-shot cap of the rows, no "
+                         "retraining); the paper's MaxNorm is the second stage: python scripts/maxnorm_stage.py "
+                         "--resume CHECKPOINT")
+    if args.norm_cap is not None and not 0.0 <= args.norm_cap <= 1.0:
+        raise UsageError(f"--norm_cap {args.norm_cap} must lie in [0, 1] (a fraction of the norms' range)")
+    if args.tau_norm is not None and args.norm_cap is not None:
+        raise UsageError("--tau_norm and --norm_cap both rescale the rows: give one")
     for flag in ("json", "plot"):
         path = getattr(args, flag)
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
@@ -98,17 +114,20 @@ def main(args: argparse.Namespace) -> Dict:
                          f"checkpoint {path!r} was trained on {list(trained_counts)}")
     model = model_from_checkpoint(checkpoint, path, args.arch, data.num_classes, args.width)
     head = getattr(model, args.head)
-    if args.max_norm is not None:
-        project_rows_(head.weight, max_norm_threshold(head.weight, args.max_norm))
+    if args.tau_norm is not None:
+        tau_normalize_rows_(head.weight, args.tau_norm)
+    if args.norm_cap is not None:
+        project_rows_(head.weight, max_norm_threshold(head.weight, args.norm_cap))
     shift = -args.logit_adjust * log_class_prior(data.train_counts) if args.logit_adjust is not None else None
     model.to(device)
     preds, targets = predict(model, build_test_loader(data.test, args.workers), device, head=args.head,
                              logit_shift=shift)
     result = {**summarize(preds, targets, data.train_counts, args.shot_rule), "head": args.head,
-              "max_norm": args.max_norm, "logit_adjust": args.logit_adjust}
+              "tau_norm": args.tau_norm, "norm_cap": args.norm_cap, "logit_adjust": args.logit_adjust}
     epoch = checkpoint.get("epoch", "?")
     print(f"checkpoint {path} (epoch {epoch}) on the {args.dataset} test set, {len(data.test)} images"
-          + (f"; MaxNorm {args.max_norm}" if args.max_norm is not None else "")
+          + (f"; tau-normalisation tau {args.tau_norm}" if args.tau_norm is not None else "")
+          + (f"; one-shot norm cap {args.norm_cap}" if args.norm_cap is not None else "")
           + (f"; logit adjustment tau {args.logit_adjust}" if args.logit_adjust is not None else ""))
     print(table(result))
     report_path = args.json or default_report_path(path, args)

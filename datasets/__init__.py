@@ -160,10 +160,18 @@ def uses_tensor_path(args) -> bool:
 
 
 def build_loaders(data: DataBundle, args, device: torch.device, rank: int = 0, world: int = 1):
-    """(training loader, test loader) for this process: `-b` is the global batch, split across processes."""
+    """(training loader, test loader) of a training run: GLMC pairs two views of the uniform batch
+    with the class re-sampled one; the CE baseline takes one view of the uniform batch."""
+    glmc = args.method != "ce"
+    return make_loaders(data, args, device, args.resample_weighting if glmc else None, 2 if glmc else 1,
+                        rank, world)
+
+
+def make_loaders(data: DataBundle, args, device: torch.device, resample: Optional[float], views: int,
+                 rank: int = 0, world: int = 1):
+    """(training loader, test loader) for this process: `-b` is the global batch, split across processes;
+    `resample` None means no class re-sampled partner batch. `data` must hold `views` views per image."""
     per_rank = args.batch_size // world
-    resample = None if args.method == "ce" else args.resample_weighting
-    views = 1 if args.method == "ce" else 2
     if uses_tensor_path(args):
         mean, std = CIFAR_STATS[args.dataset]
         train = TensorTrainLoader(data.train.images, data.train.targets, data.train_counts, per_rank, resample,

@@ -1,43 +1,59 @@
 """The MaxNorm second stage behind the published "+ MaxNorm" rows.
 
-Freezes the backbone of a trained GLMC checkpoint, re-trains only the classifier
-(`fc_cb`) on the long-tailed training set with the class-balanced focal loss
-(Cui et al. 2019), projecting its rows onto the MaxNorm ball after every update
-(Alshammari et al. 2022), saves `<checkpoint>.maxnorm.pth.tar` beside the
-original and evaluates it:
+Freezes a trained GLMC network, re-trains only its classifier `fc_cb` with the
+class-balanced loss (Cui et al. 2019) and projects the classifier's rows onto the
+MaxNorm ball (Alshammari et al. 2022). The defaults are the weight-balancing
+authors' own second-stage demo (the GLMC authors' settings are unpublished):
+augmented training images through the frozen network in train mode (BatchNorm
+statistics move), batch 64, the class-balanced "softmax" loss, SGD lr 0.01,
+momentum 0.9, weight decay 0.1, cosine over 10 epochs stepped at each epoch's
+start, the projection once per epoch, thresh 0.1.
 
     python scripts/maxnorm_stage.py --resume runs/<run>      # the run's best checkpoint
 
 The network and the training set come from the checkpoint's run description
 (released checkpoints: from the flags), so the classifier is re-trained on the
-very images the backbone was trained on. Features are computed once from
-un-augmented training images with BatchNorm in evaluation mode (the backbone is
-frozen, so its statistics do not change). The report goes to <run>/eval/.
+very images the backbone was trained on, on every data set. The test set is
+evaluated after every epoch; the stage saves the last epoch as
+`<checkpoint>.maxnorm.pth.tar` and the epoch with the best per-class-mean test
+accuracy (chosen on the test set, as the reference does) as
+`<checkpoint>.maxnorm.best.pth.tar`, and writes one report for each to <run>/eval/.
+Other recipes: `--loss`, `--project`, `--inputs`, `--bn`, `--lr_step`; the
+stage used before this reference (`--loss cb_focal --project step --inputs
+features --bn frozen --lr_step end`) is one of them.
 """
 import argparse
+import dataclasses
 import os
 import sys
+from typing import Dict
 
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from datasets import (EVAL_BATCH_SIZE, build_data, build_test_loader, canonical_dataset,  # noqa: E402
+from datasets import (EVAL_BATCH_SIZE, build_data, canonical_dataset, make_loaders,  # noqa: E402
                       plain_training_set)
 from datasets.args import add_data_args, check_data_args  # noqa: E402
 from datasets.image_files import collate_fn_for  # noqa: E402
 from models import model_from_checkpoint  # noqa: E402
 from models.args import add_model_args, check_model_args  # noqa: E402
 from utils.checkpoint import atomic_save, read_checkpoint  # noqa: E402
-from utils.config import FlagTrackingParser, add_run_args, check_run_args, run_cli  # noqa: E402
-from utils.config import select_device  # noqa: E402
+from utils.config import FlagTrackingParser, add_run_args, check_run_args, run_cli, select_device  # noqa: E402
 from utils.errors import UsageError, writing  # noqa: E402
-from utils.maxnorm import extract_features, train_classifier_max_norm  # noqa: E402
+from utils.maxnorm import (BN_MODES, INPUTS, LOSSES, LR_STEPS, PROJECTIONS, StageOptions,  # noqa: E402
+                           extract_features, feature_batches, train_second_stage)
 from utils.metrics import evaluate  # noqa: E402
 from utils.report import table  # noqa: E402
 from utils.run_log import write_json  # noqa: E402
 from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_description,  # noqa: E402
                         check_training_set, checkpoint_label, evaluation_checkpoint_path, run_folder_of)
+
+BEST_NOTE = "best epoch by per-class-mean accuracy on the test set, as the reference demo keeps it"
+
+
+def choices_help(options: Dict[str, str]) -> str:
+    return "; ".join(f"{k}: {v}" for k, v in options.items())
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -45,27 +61,56 @@ def get_args_parser() -> argparse.ArgumentParser:
     add_data_args(parser)
     add_model_args(parser)
     add_run_args(parser)
-    g = parser.add_argument_group("second stage (defaults: the weight-balancing paper's recipe)")
+    ref = StageOptions()
+    g = parser.add_argument_group("second stage (defaults: the weight-balancing authors' demo; -b is the batch, 64)")
     g.add_argument("--resume", required=True, help="trained GLMC checkpoint, or a run folder (its best checkpoint)")
-    g.add_argument("--epochs", type=int, default=10)
-    g.add_argument("--lr", type=float, default=0.01)
-    g.add_argument("--momentum", type=float, default=0.9)
-    g.add_argument("--wd", "--weight_decay", dest="weight_decay", type=float, default=0.1)
-    g.add_argument("--thresh", type=float, default=0.1, help="MaxNorm cap: min + thresh * (max - min) of the row norms")
-    g.add_argument("--cb_beta", type=float, default=0.9999, help="class-balanced loss beta")
-    g.add_argument("--focal_gamma", type=float, default=2.0, help="focal loss gamma")
-    g.add_argument("--out", default=None, help="where to save (default: <checkpoint>.maxnorm.pth.tar beside it)")
+    g.add_argument("--epochs", type=int, default=ref.epochs, help=f"default {ref.epochs}")
+    g.add_argument("--lr", type=float, default=ref.lr, help=f"default {ref.lr}")
+    g.add_argument("--momentum", type=float, default=ref.momentum, help=f"default {ref.momentum}")
+    g.add_argument("--wd", "--weight_decay", dest="weight_decay", type=float, default=ref.weight_decay,
+                   help=f"default {ref.weight_decay}")
+    g.add_argument("--thresh", type=float, default=ref.thresh,
+                   help=f"MaxNorm cap: min + thresh * (max - min) of the rows' norms before the stage "
+                        f"(default {ref.thresh})")
+    g.add_argument("--cb_beta", type=float, default=ref.cb_beta,
+                   help=f"class-balanced loss beta (default {ref.cb_beta})")
+    g.add_argument("--focal_gamma", type=float, default=ref.focal_gamma,
+                   help=f"gamma of --loss cb_focal (default {ref.focal_gamma})")
+    g.add_argument("--loss", default=ref.loss, choices=list(LOSSES), help=choices_help(LOSSES))
+    g.add_argument("--project", default=ref.project, choices=list(PROJECTIONS), help=choices_help(PROJECTIONS))
+    g.add_argument("--inputs", default=ref.inputs, choices=list(INPUTS), help=choices_help(INPUTS))
+    g.add_argument("--bn", default=None, choices=list(BN_MODES),
+                   help=choices_help(BN_MODES) + " (default: train with --inputs images, frozen with features)")
+    g.add_argument("--lr_step", default=ref.lr_step, choices=list(LR_STEPS), help=choices_help(LR_STEPS))
+    g.add_argument("--data_path", default="tensor", choices=["tensor", "pil"],
+                   help="CIFAR augmentation on the device (tensor, default) or per image with PIL")
+    g.add_argument("--out", default=None,
+                   help="where to save the last epoch (default: <checkpoint>.maxnorm.pth.tar beside it; the best "
+                        "epoch goes beside it as .best.pth.tar)")
     return parser
 
 
-def main(args: argparse.Namespace):
-    check_data_args(args)
-    check_model_args(args)
-    check_run_args(args)
+def stage_options(args: argparse.Namespace) -> StageOptions:
     if args.epochs <= 0 or args.lr <= 0:
         raise UsageError(f"--epochs {args.epochs} and --lr {args.lr} must be positive")
     if not 0.0 <= args.thresh <= 1.0:
         raise UsageError(f"--thresh {args.thresh} must lie in [0, 1]")
+    if not 0.0 <= args.cb_beta < 1.0:
+        raise UsageError(f"--cb_beta {args.cb_beta} must lie in [0, 1)")
+    if args.inputs == "features" and args.bn == "train":
+        raise UsageError("--bn train needs --inputs images: features are computed once, with BatchNorm frozen")
+    bn = args.bn or ("frozen" if args.inputs == "features" else "train")
+    return StageOptions(epochs=args.epochs, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
+                        batch_size=args.batch_size, thresh=args.thresh, cb_beta=args.cb_beta,
+                        focal_gamma=args.focal_gamma, loss=args.loss, project=args.project, inputs=args.inputs,
+                        bn=bn, lr_step=args.lr_step)
+
+
+def main(args: argparse.Namespace) -> Dict:
+    check_data_args(args)
+    check_model_args(args)
+    check_run_args(args)
+    opts = stage_options(args)
     path = evaluation_checkpoint_path(args.resume)
     checkpoint = read_checkpoint(path)
     description = checkpoint_description(checkpoint)
@@ -77,33 +122,58 @@ def main(args: argparse.Namespace):
     data = build_data(args, views=1)
     check_training_set(description, data.fingerprint, args.root, path)
     model = model_from_checkpoint(checkpoint, path, args.arch, data.num_classes, args.width).to(device)
-    test_loader = build_test_loader(data.test, args.workers)
-    before = evaluate(model, test_loader, device, data.train_counts, args.shot_rule)
-    plain_train = plain_training_set(data)
-    features, labels = extract_features(model, DataLoader(plain_train, batch_size=EVAL_BATCH_SIZE,
-                                                          num_workers=args.workers,
-                                                          collate_fn=collate_fn_for(plain_train)), device)
-    stats = train_classifier_max_norm(model.fc_cb, features, labels, data.train_counts, epochs=args.epochs,
-                                      lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
-                                      thresh=args.thresh, batch_size=args.batch_size, cb_beta=args.cb_beta,
-                                      focal_gamma=args.focal_gamma, seed=args.seed)
-    after = evaluate(model, test_loader, device, data.train_counts, args.shot_rule)
+    train_loader, test_loader = make_loaders(data, args, device, resample=None, views=1)
+
+    def test_figures(net):
+        return evaluate(net, test_loader, device, data.train_counts, args.shot_rule)
+
+    if opts.inputs == "features":
+        plain = plain_training_set(data)
+        features, labels = extract_features(model, DataLoader(plain, batch_size=EVAL_BATCH_SIZE,
+                                                              num_workers=args.workers,
+                                                              collate_fn=collate_fn_for(plain)), device)
+        epoch_batches = feature_batches(features, labels, opts.batch_size, args.seed)
+    else:
+        def epoch_batches(epoch):
+            return (batch for (batch,) in train_loader.epoch(epoch) if batch is not None)
+
+    before = test_figures(model)
+    print(f"MaxNorm stage on {path}, {len(data.train)} training images, recipe: {opts.variant()}")
+    stage = train_second_stage(model, epoch_batches, test_figures, data.train_counts, opts, device)
+
     stem = path[:-len(".pth.tar")] if path.endswith(".pth.tar") else path
-    out = args.out or stem + ".maxnorm.pth.tar"
-    stage = {k: v for k, v in vars(args).items() if k != "given_flags"}
-    atomic_save({**{k: v for k, v in checkpoint.items() if k in ("epoch", "arch", "run", "args", "train_counts")},
-                 "state_dict": model.state_dict(), "best_acc1": after["top1"],
-                 "maxnorm_stage": {**stage, **stats}}, out)
+    out_last = args.out or stem + ".maxnorm.pth.tar"
+    out_best = (out_last[:-len(".pth.tar")] if out_last.endswith(".pth.tar") else out_last) + ".best.pth.tar"
+    kept = {k: v for k, v in checkpoint.items() if k in ("epoch", "arch", "run", "args", "train_counts")}
+    settings = {**dataclasses.asdict(opts), "variant": opts.variant(), "cap": stage["cap"], "source_checkpoint": path}
+    best = stage["best"]
+    atomic_save({**kept, "state_dict": model.state_dict(), "best_acc1": stage["last"]["top1"],
+                 "maxnorm_stage": {**settings, "stage_epoch": opts.epochs}}, out_last)
+    atomic_save({**kept, "state_dict": best["state_dict"], "best_acc1": best["result"]["top1"],
+                 "maxnorm_stage": {**settings, "stage_epoch": best["epoch"], "selection": BEST_NOTE}}, out_best)
+
+    label = checkpoint_label(path)
     run_dir = run_folder_of(path)
-    report = (os.path.join(run_dir, "eval", f"maxnorm-{checkpoint_label(path)}.json") if run_dir
-              else out[:-len(".pth.tar")] + ".json")
-    with writing(report):
-        os.makedirs(os.path.dirname(report), exist_ok=True)
-    write_json(report, {"kind": "maxnorm stage", "evaluation": "last", "checkpoint_label": checkpoint_label(path),
-                        "source_checkpoint": path, "checkpoint": out, **after, "maxnorm_stage": stats})
-    print(f"MaxNorm stage on {path}: cap {stats['cap']:.4f}, {args.epochs} epochs; saved {out} and {report}")
-    print("before:\n" + table(before) + "\nafter:\n" + table(after))
-    return before, after
+    reports = {}
+    for which, figures, out, epoch in (("last", stage["last"], out_last, opts.epochs),
+                                       ("best", best["result"], out_best, best["epoch"])):
+        name = f"maxnorm-{label}-{opts.variant().replace('=', '').replace(',', '-')}-{which}.json"
+        report = os.path.join(run_dir, "eval", name) if run_dir else out[:-len(".pth.tar")] + ".json"
+        with writing(report):
+            os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
+        evaluation = f"{which} epoch" + ("" if opts.variant() == "reference" else f" [{opts.variant()}]")
+        write_json(report, {"kind": "maxnorm stage", "evaluation": evaluation, "checkpoint_label": label,
+                            "checkpoint": out, "stage_epoch": epoch, **figures, "before": before,
+                            "maxnorm_stage": settings, "history": stage["history"],
+                            **({"selection": BEST_NOTE} if which == "best" else {})})
+        reports[which] = report
+    print(f"cap {stage['cap']:.4f}; saved {out_last} (last epoch) and {out_best} (best epoch {best['epoch']}); "
+          f"reports {reports['last']} and {reports['best']}")
+    print("before:\n" + table(before))
+    print(f"after, last epoch ({opts.epochs}):\n" + table(stage["last"]))
+    print(f"after, best epoch ({best['epoch']}; {BEST_NOTE}):\n" + table(best["result"]))
+    return {"before": before, "last": stage["last"], "best": best["result"], "best_epoch": best["epoch"],
+            "history": stage["history"], "cap": stage["cap"]}
 
 
 if __name__ == "__main__":

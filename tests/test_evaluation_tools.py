@@ -1,20 +1,16 @@
-"""test.py's post-hoc tools and reports, and the MaxNorm second stage."""
+"""test.py's post-hoc tools and reports."""
 import json
 import math
 import os
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 import main as train_script
 import test as test_script
-from scripts import maxnorm_stage
 from tests.conftest import write_cifar
-from utils.checkpoint import load_weights, strip_prefixes
-from utils.maxnorm import class_balanced_weights, max_norm_threshold, project_rows_, train_classifier_max_norm
+from utils.checkpoint import load_weights
 from utils.report import confusion_cells
 
 DATA = ["--dataset", "cifar10", "-a", "resnet32", "--width", "8", "--imbanlance_rate", "0.1", "-j", "0",
@@ -32,65 +28,28 @@ def trained(tmp_path_factory):
     return root, str(tmp / "runs" / run / "ckpt.pth.tar")
 
 
-def test_threshold_and_projection_against_hand_values():
-    weight = torch.tensor([[3.0, 4.0], [0.6, 0.8], [0.0, 2.0]])  # norms 5, 1, 2
-    cap = max_norm_threshold(weight, 0.25)
-    assert cap == pytest.approx(1 + 0.25 * (5 - 1))  # 2.0
-    project_rows_(weight, cap)
-    assert torch.allclose(weight[0], torch.tensor([3.0, 4.0]) * 2.0 / 5.0)  # above: lands on the cap
-    assert torch.equal(weight[1], torch.tensor([0.6, 0.8]))  # below: unchanged
-    assert torch.equal(weight[2], torch.tensor([0.0, 2.0]))  # on the cap: unchanged
-
-
-def test_class_balanced_weights_formula():
-    w = class_balanced_weights([100, 10], 0.99)
-    raw = np.array([(1 - 0.99) / (1 - 0.99 ** 100), (1 - 0.99) / (1 - 0.99 ** 10)])
-    assert torch.allclose(w, torch.tensor(raw / raw.sum() * 2, dtype=torch.float32))
-
-
-def test_second_stage_keeps_rows_within_the_cap():
-    torch.manual_seed(0)
-    clf = nn.Linear(6, 3)
-    with torch.no_grad():
-        clf.weight[0] *= 10  # one long row
-    cap = max_norm_threshold(clf.weight, 0.1)
-    feats, labels = torch.randn(40, 6), torch.randint(0, 3, (40,))
-    bias_before = clf.bias.clone()
-    stats = train_classifier_max_norm(clf, feats, labels, [30, 8, 2], epochs=3, thresh=0.1, batch_size=8)
-    assert stats["cap"] == pytest.approx(cap)
-    assert (clf.weight.norm(dim=1) <= cap + 1e-5).all()
-    assert not torch.equal(clf.bias, bias_before)  # the bias trains and is never capped
-
-
-def test_second_stage_script_changes_only_the_classifier(trained, capsys):
-    root, ckpt = trained
-    out = ckpt.replace(".pth.tar", ".maxnorm.pth.tar")
-    maxnorm_stage.main(maxnorm_stage.get_args_parser().parse_args(DATA + ["--root", root, "--resume", ckpt,
-                                                                          "--epochs", "2"]))
-    before = strip_prefixes(torch.load(ckpt, weights_only=False)["state_dict"])
-    after = torch.load(out, weights_only=False)
-    changed = {k for k in before if not torch.equal(before[k], after["state_dict"][k])}
-    assert changed and changed <= {"fc_cb.weight", "fc_cb.bias"}
-    cap = after["maxnorm_stage"]["cap"]
-    assert cap == pytest.approx(max_norm_threshold(before["fc_cb.weight"], 0.1))
-    assert (after["state_dict"]["fc_cb.weight"].norm(dim=1) <= cap + 1e-5).all()
-    assert "saved" in capsys.readouterr().out
-
-
-def manual_predictions(root, ckpt, head, shift):
-    """Forward the test images by hand: the checkpoint's model, the named head, plus `shift`."""
+def hand_test_batch(root, ckpt):
+    """The test images as one batch, their labels and the training counts, built as test.py builds them."""
     from datasets import build_data
 
-    args = test_script.get_args_parser().parse_args(DATA + ["--root", root, "--resume", ckpt])
-    data = build_data(args)
+    data = build_data(test_script.get_args_parser().parse_args(DATA + ["--root", root, "--resume", ckpt]))
+    return torch.stack([data.test[i][0] for i in range(len(data.test))]), torch.tensor(data.test.targets), \
+        data.train_counts
+
+
+def manual_predictions(root, ckpt, head, shift, rows=None):
+    """Forward the test images by hand: the checkpoint's model, the named head (its weight rows through
+    `rows` when given), plus `shift`."""
+    x, targets, counts = hand_test_batch(root, ckpt)
     model = train_script.build_model("resnet32", 10, 8)
     load_weights(model, torch.load(ckpt, weights_only=False)["state_dict"], ckpt)
     model.eval()
-    x = torch.stack([data.test[i][0] for i in range(len(data.test))])
+    if rows is not None:
+        with torch.no_grad():
+            getattr(model, head).weight.copy_(rows(getattr(model, head).weight))
     with torch.no_grad():
-        feats = model.features(x)
-        logits = getattr(model, head)(feats) + shift
-    return logits.argmax(1), torch.tensor(data.test.targets), data.train_counts
+        logits = getattr(model, head)(model.features(x)) + shift
+    return logits.argmax(1), targets, counts
 
 
 @pytest.mark.parametrize("head", ["fc_cb", "fc"])
@@ -109,13 +68,73 @@ def test_logit_adjustment_and_head_against_hand_computation(trained, tmp_path, h
     assert report["head"] == head and report["logit_adjust"] == 1.5
 
 
+def tau_normalised_by_hand(weight, tau):
+    norms = [math.sqrt(sum(v * v for v in row)) for row in weight.tolist()]
+    return weight * torch.tensor([1.0 / n ** tau for n in norms])[:, None]
+
+
+def capped_by_hand(weight, thresh):
+    norms = [math.sqrt(sum(v * v for v in row)) for row in weight.tolist()]
+    cap = min(norms) + thresh * (max(norms) - min(norms))
+    return weight * torch.tensor([min(1.0, cap / n) for n in norms])[:, None]
+
+
+@pytest.mark.parametrize("flag, value, rows", [("--tau_norm", 1.0, tau_normalised_by_hand),
+                                               ("--tau_norm", 2.0, tau_normalised_by_hand),
+                                               ("--norm_cap", 0.1, capped_by_hand)])
+def test_row_rescaling_against_hand_computation(trained, tmp_path, flag, value, rows):
+    root, trained_ckpt = trained
+    # The run's description with a fresh network whose head rows point about the same way (the mean test
+    # feature) with norms from 5 down to 0.2: as they are, class 0 always wins; rescaled, the small
+    # differences in direction decide.
+    checkpoint = torch.load(trained_ckpt, weights_only=False)
+    torch.manual_seed(0)
+    model = train_script.build_model("resnet32", 10, 8).eval()
+    with torch.no_grad():
+        mean = model.features(hand_test_batch(root, trained_ckpt)[0]).mean(0)
+        model.fc_cb.weight.copy_(torch.linspace(5.0, 0.2, 10)[:, None] * mean / mean.norm()
+                                 + 0.05 * torch.randn(10, len(mean)))
+        model.fc_cb.bias.zero_()
+    checkpoint["state_dict"] = model.state_dict()
+    ckpt = str(tmp_path / "rows.pth.tar")
+    torch.save(checkpoint, ckpt)
+    pred, targets, _ = manual_predictions(root, ckpt, "fc_cb", 0.0, rows=lambda w: rows(w, value))
+    unchanged, _, _ = manual_predictions(root, ckpt, "fc_cb", 0.0)
+    assert not torch.equal(pred, unchanged)
+    test_script.main(test_script.get_args_parser().parse_args(
+        DATA + ["--root", root, "--resume", ckpt, flag, str(value), "--json", str(tmp_path / "r.json")]))
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["confusion"] == confusion_cells(pred, targets, 10)
+    assert report["evaluation"] == ("fc_cb-tau" if flag == "--tau_norm" else "fc_cb-cap") + f"{value:g}"
+
+
+def test_tau_normalisation_of_hand_rows():
+    from utils.maxnorm import tau_normalize_rows_
+    weight = torch.tensor([[3.0, 4.0], [0.0, 0.5]])  # norms 5 and 0.5
+    tau_normalize_rows_(weight, 1.0)
+    assert torch.allclose(weight, torch.tensor([[0.6, 0.8], [0.0, 1.0]]))
+    weight = torch.tensor([[3.0, 4.0], [0.0, 0.5]])
+    tau_normalize_rows_(weight, 0.5)
+    assert torch.allclose(weight, torch.tensor([[3 / 5 ** 0.5, 4 / 5 ** 0.5], [0.0, 0.5 / 0.5 ** 0.5]]))
+
+
+def test_old_max_norm_flag_stops_with_the_new_names(trained, capsys):
+    from utils.config import run_cli
+    root, ckpt = trained
+    with pytest.raises(SystemExit) as exc:
+        run_cli(test_script.main, test_script.get_args_parser(),
+                DATA + ["--root", root, "--resume", ckpt, "--max_norm", "0.1"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "--norm_cap 0.1" in err and "maxnorm_stage.py" in err and "Traceback" not in err
+
+
 def test_json_fields_and_png(trained, tmp_path):
     root, ckpt = trained
     test_script.main(test_script.get_args_parser().parse_args(
-        DATA + ["--root", root, "--resume", ckpt, "--max_norm", "0.1", "--json", str(tmp_path / "r.json"),
+        DATA + ["--root", root, "--resume", ckpt, "--norm_cap", "0.1", "--json", str(tmp_path / "r.json"),
                 "--plot", str(tmp_path / "p.png")]))
     report = json.loads((tmp_path / "r.json").read_text())
-    assert {"top1", "top5", "many", "medium", "few", "per_class", "shot_rule", "confusion", "head", "max_norm",
+    assert {"top1", "top5", "many", "medium", "few", "per_class", "shot_rule", "confusion", "head", "norm_cap",
             "train_counts"} <= set(report)
     assert sum(cell[2] for cell in report["confusion"]) == 30  # every test image once
     assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -200,19 +200,19 @@ def test_maxnorm_stage_uses_the_checkpoints_images(tmp_path, data_root, monkeypa
                             "--root_log", str(tmp_path / "runs")))
     run_dir = only_run(tmp_path / "runs")
     seen = {}
-    real_extract = maxnorm_stage.extract_features
+    real_make_loaders = maxnorm_stage.make_loaders
 
-    def recording_extract(model, loader, device):
-        seen["images"] = loader.dataset.images
-        return real_extract(model, loader, device)
+    def recording_make_loaders(data, *args, **kwargs):
+        seen["images"] = data.train.images
+        return real_make_loaders(data, *args, **kwargs)
 
-    monkeypatch.setattr(maxnorm_stage, "extract_features", recording_extract)
+    monkeypatch.setattr(maxnorm_stage, "make_loaders", recording_make_loaders)
     code, out, err = cli(maxnorm_stage, ["--root", data_root, "-j", "0", "--epochs", "1", "--resume", run_dir],
                          capsys)
     assert code == 0, err
     assert np.array_equal(seen["images"], expected_subset(data_root, 0))
     assert not np.array_equal(seen["images"], expected_subset(data_root, 1))
-    report = json.load(open(os.path.join(run_dir, "eval", "maxnorm-best.json")))
+    report = json.load(open(os.path.join(run_dir, "eval", "maxnorm-best-epochs1-last.json")))
     assert report["kind"] == "maxnorm stage"
 
 
