@@ -4,8 +4,10 @@
         --lr 0.01 --epochs 200 -b 64 --momentum 0.9 --weight_decay 5e-3 --resample_weighting 0.0 \
         --label_weighting 1.2 --contrast_weight 4
 
-Flags keep the released code's spellings. A run writes into its own run folder;
-`--resume <run folder>` continues it with the settings it started with.
+Flags keep the released code's spellings. A method or schedule flag left out takes
+the paper's value for --dataset (the table at the end of --help). A run writes into
+its own run folder; `--resume <run folder>` continues it with the settings it
+started with.
 """
 if __name__ == "__main__":  # first, before the slow imports: Ctrl-C while they load exits 130 in one line
     from utils.interrupt import exit_on_ctrl_c
@@ -14,12 +16,13 @@ if __name__ == "__main__":  # first, before the slow imports: Ctrl-C while they 
 import argparse
 import os
 import shlex
+import textwrap
 import time
 from typing import Dict, Optional
 
 import torch
 
-from datasets import CIFAR_INFO, DataBundle, build_data, build_loaders, canonical_dataset, data_seed
+from datasets import CIFAR_INFO, LIST_DATASETS, DataBundle, build_data, build_loaders, canonical_dataset, data_seed
 from datasets.args import add_data_args, check_data_args
 from datasets.image_files import preflight
 from models import build_model, count_parameters
@@ -32,6 +35,7 @@ from utils.errors import EXIT_DIVERGED, RunStopped, UsageError, WriteFailed
 from utils.interrupt import StopRequest
 from utils.losses import LossOptions, cumulative_alpha, log_class_prior
 from utils.metrics import evaluate, format_group
+from utils.presets import PRESET_FLAGS, RELEASED_DEFAULTS, apply_paper_presets, mark_preset_flags, preset_table
 from utils.progress import DivergenceWatch, EpochProgress, format_duration, remaining_time
 from utils.rng import restore_rng_states, rng_states, seed_everything
 from utils.run_log import RunLog, library_versions, write_json
@@ -39,33 +43,42 @@ from utils.runs import (RunLock, adopt_checkpoint_args, append_metrics, check_re
                         checkpoint_description,
                         defining_flags, describe_run, new_run_folder, remove_temporaries, repair_records,
                         resume_checkpoint_path, resumed_folders, run_folder_name, variant_tag)
-from utils.schedule import build_scheduler, lr_factor
+from utils.schedule import build_scheduler, lr_per_epoch, summarize_lr
 from utils.speed import grad_scaler, prepare_model
 from utils.train_step import COMPILE_MODES, CEStep, GLMCStep, train_step
 
 
+PRESETS_EPILOG = "\n\n".join([
+    textwrap.fill("A flag whose default reads 'preset per data set' takes, when left out, the paper's value for "
+                  "--dataset (the GLMC README's command for that data set); a flag given always wins:", 100),
+    preset_table(),
+    textwrap.fill("--dataset folder takes the nepes row. For comparison, the released main.py has one set of "
+                  "defaults for every data set: " + ", ".join(f"{k} {v}" for k, v in RELEASED_DEFAULTS.items())
+                  + ".", 100)])
+
+
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = FlagTrackingParser(description="Train GLMC on a long-tailed data set", add_help=True)
+    parser = FlagTrackingParser(description="Train GLMC on a long-tailed data set", epilog=PRESETS_EPILOG)
     add_data_args(parser)
     add_model_args(parser)
     add_run_args(parser)
     g = parser.add_argument_group("optimisation")
-    g.add_argument("--epochs", type=int, default=200, help="training epochs")
+    g.add_argument("--epochs", type=int, help="training epochs")
     g.add_argument("--start-epoch", dest="start_epoch", type=int, default=0,
                    help="first epoch (0-based); --resume takes it from the checkpoint")
-    g.add_argument("--lr", "--learning-rate", dest="lr", type=float, default=0.01, help="initial learning rate")
-    g.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
-    g.add_argument("--wd", "--weight_decay", dest="weight_decay", type=float, default=5e-3, help="weight decay")
+    g.add_argument("--lr", "--learning-rate", dest="lr", type=float, help="initial learning rate")
+    g.add_argument("--momentum", type=float, help="SGD momentum")
+    g.add_argument("--wd", "--weight_decay", dest="weight_decay", type=float, help="weight decay")
     g.add_argument("--warmup", default="late", choices=["late", "on_time"],
                    help="ImageNet-LT/iNat warm-up: 'late' reproduces the released schedule (the warm-up rule "
                         "applied after each epoch, so epoch 1 runs at --lr and epochs 2-12 at 0.1x..1.1x), "
                         "'on_time' applies it before each epoch")
-    g = parser.add_argument_group("method (the defaults are the released code's)")
-    g.add_argument("--resample_weighting", type=float, default=0.0,
+    g = parser.add_argument_group("method (other defaults: the released code's behaviour)")
+    g.add_argument("--resample_weighting", type=float,
                    help="q of the re-sampling loader: class weight n_c ** -q (0: uniform with replacement)")
-    g.add_argument("--label_weighting", type=float, default=1.2,
+    g.add_argument("--label_weighting", type=float,
                    help="gamma of the re-weighted soft labels: class weight n_c ** -gamma")
-    g.add_argument("--contrast_weight", type=float, default=4.0, help="weight of the consistency loss")
+    g.add_argument("--contrast_weight", type=float, help="weight of the consistency loss")
     g.add_argument("--beta", type=float, default=0.5,
                    help="Beta(beta, beta) parameter; used only with --lambda_dist beta")
     g.add_argument("--lambda_dist", default="uniform", choices=["uniform", "beta"],
@@ -120,6 +133,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--dry_run", action="store_true",
                    help="build data, loaders and model, print the configuration, write args.json, then exit")
     g.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard scalars")
+    mark_preset_flags(parser, PRESET_FLAGS, "preset per data set, see below")
     return parser
 
 
@@ -234,13 +248,43 @@ def eval_head(args) -> str:
     return "fc" if args.method == "ce" else "fc_cb"
 
 
-def describe(args, data: DataBundle, n_params: int, log: RunLog) -> None:
-    log.print("configuration: " + " ".join(f"{k}={v}" for k, v in sorted(vars(args).items()) if k != "given_flags"))
+CIFAR_ONLY = {"imbanlance_rate", "split", "data_seed", "no_download", "data_path"}
+IMAGE_FILES_ONLY = {"image_size", "skip_bad_images"}
+LISTS_ONLY = {"dir_train_txt", "dir_test_txt"}
+GLMC_ONLY = {"resample_weighting", "label_weighting", "contrast_weight", "beta", "lambda_dist", "local_label",
+             "mix_reduction", "balanced_softmax", "no_global_mix", "no_local_mix", "no_consistency", "no_reweight",
+             "fixed_alpha"}
+NOT_SHOWN = {"dry_run", "debug", "help", "resume", "start_epoch", "seeds"}
+
+
+def applies(dest: str, args: argparse.Namespace) -> bool:
+    """Whether flag `dest` means anything for this data set, network and method (and is set)."""
+    value = getattr(args, dest, None)
+    cifar = args.dataset in CIFAR_INFO
+    return not (dest in NOT_SHOWN or value is None or value is False
+                or (dest in CIFAR_ONLY and not cifar) or (dest in IMAGE_FILES_ONLY and cifar)
+                or (dest in LISTS_ONLY and args.dataset not in LIST_DATASETS)
+                or (dest in GLMC_ONLY and args.method == "ce")
+                or (dest == "warmup" and args.dataset not in LIST_DATASETS)
+                or (dest == "beta" and args.lambda_dist != "beta") or (dest == "width" and args.arch != "resnet32"))
+
+
+def describe(args, data: DataBundle, n_params: int, log: RunLog, sources: Dict[str, str], lrs) -> None:
+    """The configuration grouped as in --help, each value's source, the data, the schedule."""
+    log.print(f"configuration (only the flags that apply; '(given)' on the command line, '(preset)' the paper's "
+              f"value for {args.dataset}, the rest at their defaults):")
+    for group in get_args_parser()._action_groups:
+        items = [f"{a.dest}={getattr(args, a.dest)}"
+                 + (f" ({sources[a.dest]})" if sources.get(a.dest) in ("given", "preset") else "")
+                 for a in group._group_actions if applies(a.dest, args)]
+        if items:
+            log.print(f"  {group.title.split(' (')[0]}: " + ", ".join(items))
     counts = data.train_counts
     shown = str(counts) if len(counts) <= 100 else (
         f"{counts[:10]} ... {counts[-10:]} (max {max(counts)}, min {min(counts)}; all {len(counts)} in args.json)")
     log.print(f"training images per class ({sum(counts)} in all): {shown}")
     log.print(f"test images: {len(data.test)}; parameters: {n_params:,}")
+    log.print(f"learning rate per epoch: {summarize_lr(lrs)} (every epoch in args.json)")
 
 
 def read_resume_checkpoint(args: argparse.Namespace, world_size: int) -> Optional[Dict]:
@@ -313,19 +357,22 @@ def close_finished_run(args: argparse.Namespace, checkpoint: Dict) -> None:
 
 
 def main(args: argparse.Namespace) -> Optional[Dict]:
+    sources = apply_paper_presets(args)  # a resumed run then takes every setting from its checkpoint
     check_args(args)
     world = init_world()
     try:
-        return train(args, world)
+        return train(args, world, sources)
     finally:
         close_world(world)
 
 
-def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
+def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Optional[Dict]:
     if args.batch_size % world.size:
         raise UsageError(f"-b/--batch_size {args.batch_size} (the global batch) is not divisible by the "
                          f"{world.size} processes")
     checkpoint = read_resume_checkpoint(args, world.size)
+    if checkpoint:
+        sources = (checkpoint_description(checkpoint) or {}).get("flag_sources", {})
     args.data_seed = data_seed(args)
     if checkpoint and checkpoint["epoch"] >= args.epochs and not checkpoint.get("in_epoch"):
         if world.is_main:
@@ -336,7 +383,7 @@ def train(args: argparse.Namespace, world: World) -> Optional[Dict]:
     data = build_data(args, views=1 if args.method == "ce" else 2)
     args.num_classes = data.num_classes
     description = describe_run(args, data.train_counts, data.class_names, data.fingerprint, variant_tag(args),
-                               eval_head(args), world.size)
+                               eval_head(args), world.size, sources)
     if checkpoint:
         check_training_set(checkpoint_description(checkpoint), data.fingerprint, args.root, args.resume)
     preflight_note = None
@@ -371,18 +418,17 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
     log.print(f"run folder: {run_dir}; device: {device}" + (f"; {world.size} processes" if world.enabled else ""))
     if world.is_main:
         tidy_run_folder(run_dir, ckpt_dir, checkpoint, args.resume, log.print)
-    describe(args, data, n_params, log)
+    lrs = lr_per_epoch(args.dataset, args.epochs, args.lr, late_warmup=args.warmup == "late")
+    describe(args, data, n_params, log, description.get("flag_sources", {}), lrs)
     if not checkpoint and world.is_main:
         write_json(os.path.join(run_dir, "args.json"), {
             **description, "parameters": n_params, "versions": library_versions(),
-            "checkpoint_dir": ckpt_dir, "command": command_line("main.py", get_args_parser(), args)})
+            "checkpoint_dir": ckpt_dir, "command": command_line("main.py", get_args_parser(), args),
+            "lr_per_epoch": lrs})
     train_loader, test_loader = build_loaders(data, args, device, world.rank, world.size)
     if preflight_note:
         log.print(preflight_note)
     if args.dry_run:
-        factor = lr_factor(args.dataset, args.epochs, late_warmup=args.warmup == "late")
-        log.print("learning rate per epoch: " + ", ".join(f"{e + 1}: {args.lr * factor(e):.5g}"
-                                                          for e in range(args.epochs)))
         log.print(f"dry run: {len(train_loader)} steps per epoch; data, loaders and model built; exiting")
         return None
 

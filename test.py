@@ -29,6 +29,7 @@ from utils.errors import UsageError, writing
 from utils.losses import log_class_prior
 from utils.maxnorm import max_norm_threshold, project_rows_, tau_normalize_rows_
 from utils.metrics import predict, summarize
+from utils.presets import mark_preset_flags, preset_arch
 from utils.report import confusion_cells, plot_per_class, table
 from utils.run_log import write_json
 from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_description, checkpoint_label,
@@ -37,9 +38,11 @@ from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = FlagTrackingParser(description="Evaluate a GLMC checkpoint")
-    add_data_args(parser)
+    add_data_args(parser, training=False)
     add_model_args(parser)
-    add_run_args(parser)
+    mark_preset_flags(parser, ["arch"], "the checkpoint's; for a released checkpoint the paper's network for "
+                                        "--dataset")
+    add_run_args(parser, training=False)
     g = parser.add_argument_group("evaluation")
     g.add_argument("--resume", required=True,
                    help="checkpoint to evaluate (ckpt.pth.tar, ckpt.best.pth.tar, ...), or a run folder: its "
@@ -84,6 +87,7 @@ def default_report_path(checkpoint_path: str, args: argparse.Namespace) -> Optio
 
 def main(args: argparse.Namespace) -> Dict:
     check_data_args(args)
+    preset_arch(args)
     check_model_args(args)
     check_run_args(args)
     if args.max_norm is not None:
@@ -141,7 +145,8 @@ def main(args: argparse.Namespace) -> Dict:
         print(f"report written to {report_path}")
     if args.plot:
         plot_per_class(result["per_class"], data.train_counts, args.shot_rule, args.plot,
-                       title=f"{args.dataset} {args.head} top-1 {result['top1']:.2f}")
+                       title=f"{args.dataset}, {checkpoint_label(path)} checkpoint, {report_kind(args)}: top-1 "
+                             f"{result['top1']:.2f}", class_names=data.class_names)
         print(f"per-class plot written to {args.plot}")
     return result
 

@@ -20,7 +20,12 @@ def dataset_name(text: str) -> str:
     raise argparse.ArgumentTypeError(f"unknown data set {text!r}; choose one of {', '.join(DATASETS)}")
 
 
-def add_data_args(parser: argparse.ArgumentParser) -> None:
+TRAINING_ONLY = {"skip_bad_images": False, "allow_empty_classes": False, "split": "released", "data_seed": None}
+
+
+def add_data_args(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """The data flags; with `training` False (test.py) the flags that only choose or police the training
+    images are left out of the command line and keep their defaults."""
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", default="cifar10", type=dataset_name, metavar="{" + ",".join(DATASETS) + "}",
                    help="data set, in any letter case, '-' and '_' optional (iNaturalist2018 and inat2018 are "
@@ -36,15 +41,21 @@ def add_data_args(parser: argparse.ArgumentParser) -> None:
                    help="test image list (default: ROOT/data_txt/ImageNet_LT_test.txt or iNaturalist18_val.txt)")
     g.add_argument("--image_size", type=int, default=224,
                    help="training crop of ImageNet-LT, iNat and folder data sets (default 224; CIFAR is 32)")
-    g.add_argument("--skip_bad_images", action="store_true",
-                   help="skip images that cannot be decoded (counted and reported each epoch) instead of stopping")
+    if training:
+        g.add_argument("--skip_bad_images", action="store_true",
+                       help="skip images that cannot be decoded (counted and reported each epoch) instead of "
+                            "stopping")
     g.add_argument("--no_download", action="store_true", help="never download CIFAR when it is missing")
     g.add_argument("--num_classes", type=int, default=None,
                    help="number of classes (default: the data set's); must match the data")
-    g.add_argument("--allow_empty_classes", action="store_true",
-                   help="train although a class has no training image (default: stop, exit 2)")
+    if training:
+        g.add_argument("--allow_empty_classes", action="store_true",
+                       help="train although a class has no training image (default: stop, exit 2)")
     g.add_argument("--imbanlance_rate", "--imbalance_rate", dest="imbanlance_rate", type=float, default=0.01,
                    help="n_min / n_max of the long-tailed training set (0.01 is IF 100; 1.0 is balanced)")
+    if not training:
+        parser.set_defaults(**TRAINING_ONLY)
+        return
     g.add_argument("--split", default="released", choices=SPLITS,
                    help="which images the long-tailed set keeps: 'released' (seeded choice without replacement, "
                         "class by class; the 'updated' results), 'cao' (the seed-0 split of Cao et al. 2019 used "

@@ -44,6 +44,7 @@ from utils.errors import UsageError, writing  # noqa: E402
 from utils.maxnorm import (BN_MODES, INPUTS, LOSSES, LR_STEPS, PROJECTIONS, StageOptions,  # noqa: E402
                            extract_features, feature_batches, train_second_stage)
 from utils.metrics import evaluate  # noqa: E402
+from utils.presets import mark_preset_flags, preset_arch  # noqa: E402
 from utils.report import table  # noqa: E402
 from utils.run_log import write_json  # noqa: E402
 from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_description,  # noqa: E402
@@ -60,6 +61,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = FlagTrackingParser(description=__doc__.splitlines()[0])
     add_data_args(parser)
     add_model_args(parser)
+    mark_preset_flags(parser, ["arch"], "the checkpoint's; for a released checkpoint the paper's network for "
+                                        "--dataset")
     add_run_args(parser)
     ref = StageOptions()
     g = parser.add_argument_group("second stage (defaults: the weight-balancing authors' demo; -b is the batch, 64)")
@@ -108,6 +111,7 @@ def stage_options(args: argparse.Namespace) -> StageOptions:
 
 def main(args: argparse.Namespace) -> Dict:
     check_data_args(args)
+    preset_arch(args)
     check_model_args(args)
     check_run_args(args)
     opts = stage_options(args)

@@ -14,23 +14,41 @@ from utils.interrupt import EXIT_INTERRUPTED, INTERRUPTED_MESSAGE
 from utils.metrics import SHOT_RULES
 
 
+class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help with each flag's default (unless its help already speaks of it, or there is none);
+    the description and epilog keep their line breaks."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if (not action.option_strings or "default" in text or text == argparse.SUPPRESS
+                or any(action.default is hidden for hidden in (None, False, argparse.SUPPRESS))):
+            return text
+        return f"{text} (default: {action.default})"
+
+
 class FlagTrackingParser(argparse.ArgumentParser):
     """An ArgumentParser that also records which flags the command line gave (`args.given_flags`).
 
     A flag given with its default value counts as given: the run's description and the
     checks against a checkpoint need to know what the user asked for, not what differs
-    from a default.
+    from a default. --help shows the defaults.
     """
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
         parsed, extras = super().parse_known_args(args, namespace)
         if not hasattr(parsed, "given_flags"):
             defaults = [(action, action.default) for action in self._actions]
+            parser_defaults, self._defaults = self._defaults, {}  # set_defaults() values are not given either
             try:
                 for action, _ in defaults:
                     action.default = argparse.SUPPRESS
                 probe, _ = super().parse_known_args(args, argparse.Namespace())
             finally:
+                self._defaults = parser_defaults
                 for action, default in defaults:
                     action.default = default
             parsed.given_flags = sorted(vars(probe))
@@ -53,13 +71,17 @@ def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Na
     return " ".join(tokens + list(extra))
 
 
-def add_run_args(parser: argparse.ArgumentParser) -> None:
-    """Flags of every script that runs a network: seed, batch, loader workers, device, errors, shot rule."""
-    g = parser.add_argument_group("seed, batch and device")
-    g.add_argument("--seed", type=int, default=3407,
-                   help="random seed of training (default 3407 as released); also picks the CIFAR-LT images "
-                        "unless --data_seed is given")
-    g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size")
+def add_run_args(parser: argparse.ArgumentParser, training: bool = True) -> None:
+    """Flags of every script that runs a network: seed, batch, loader workers, device, errors, shot rule;
+    without `training` (test.py) no seed and no batch size: evaluation draws nothing at random."""
+    g = parser.add_argument_group("seed, batch and device" if training else "device")
+    if training:
+        g.add_argument("--seed", type=int, default=3407,
+                       help="random seed of training (default 3407 as released); also picks the CIFAR-LT images "
+                            "unless --data_seed is given")
+        g.add_argument("-b", "--batch_size", type=int, default=64, help="batch size")
+    else:
+        parser.set_defaults(seed=3407, batch_size=64)
     g.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="data loading worker processes (default: 4 as released, fewer on a smaller machine)")
     g.add_argument("--gpu", type=int, default=None, help="GPU index (default: GPU 0 if there is one, else CPU)")

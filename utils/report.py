@@ -1,8 +1,9 @@
 """Evaluation reports for people: a short table, the confusion matrix, and a per-class plot (PNG)."""
-from typing import Dict, List, Sequence
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from utils.metrics import format_group, shot_groups
 
@@ -30,45 +31,113 @@ def table(result: Dict) -> str:
     return "\n".join(lines)
 
 
-def plot_per_class(per_class: Sequence, train_counts: Sequence[int], rule: str, path: str, title: str = "") -> None:
-    """Bars of per-class test accuracy, classes sorted by training count (largest first), with
-    the many/medium/few bands shaded and each class's training count drawn as a line (log scale)."""
-    order = sorted(range(len(train_counts)), key=lambda c: -train_counts[c])
+PLOT_COLOURS = {"many": (222, 235, 247), "medium": (254, 230, 206), "few": (229, 245, 224)}
+BAR, LINE, GRID = (49, 130, 189), (214, 39, 40), (205, 205, 205)
+
+
+def _font(size: int):
+    try:
+        return ImageFont.load_default(size=size)  # a scalable font (Pillow >= 10.1 with FreeType)
+    except TypeError:
+        return ImageFont.load_default()
+
+
+def class_bars(train_counts: Sequence[int], groups: Dict[str, List[int]], max_bars: int) -> List[Tuple[str, List[int]]]:
+    """(shot group, classes) per bar: classes sorted by training count, largest first; above `max_bars`
+    classes, runs of k neighbours in that order share a bar, never across a group boundary."""
+    k = max(1, math.ceil(len(train_counts) / max_bars))
+    bars = []
+    for name in ("many", "medium", "few"):
+        ranked = sorted(groups[name], key=lambda c: (-train_counts[c], c))
+        bars += [(name, ranked[i:i + k]) for i in range(0, len(ranked), k)]
+    return bars
+
+
+def plot_per_class(per_class: Sequence, train_counts: Sequence[int], rule: str, path: str, title: str = "",
+                   class_names: Optional[Sequence[str]] = None, max_bars: int = 100) -> None:
+    """Bars of per-class test accuracy, classes sorted by training count (largest first), the
+    many/medium/few bands shaded and the training counts drawn as a line on a log axis.
+
+    Up to 30 bars each carries its class's name (or index); with more than `max_bars` classes,
+    neighbouring classes share a bar showing their mean accuracy, so 1000 classes stay readable.
+    """
     groups = shot_groups(train_counts, rule)
-    band_of = {c: g for g, cs in groups.items() for c in cs}
-    colours = {"many": (222, 235, 247), "medium": (254, 230, 206), "few": (229, 245, 224)}
-    width, height, left, right, top, bottom = 900, 420, 60, 60, 40, 50
-    plot_w, plot_h = width - left - right, height - top - bottom
+    bars = class_bars(train_counts, groups, max_bars)
+    per_bar = max(len(cs) for _, cs in bars)
+    named = len(bars) <= 30
+    font, small = _font(15), _font(12)
+    label_h = 95 if named else 40
+    width, height, left, right, top = 1100, 520 + label_h, 70, 80, 80
+    plot_w, plot_h = width - left - right, height - top - label_h - 45
     img = Image.new("RGB", (width, height), "white")
     draw = ImageDraw.Draw(img)
-    step = plot_w / max(len(order), 1)
-    for i, c in enumerate(order):  # shaded bands
-        draw.rectangle([left + i * step, top, left + (i + 1) * step, top + plot_h], fill=colours[band_of[c]])
-    for pct in range(0, 101, 20):  # accuracy grid and labels
-        y = top + plot_h * (1 - pct / 100)
-        draw.line([left, y, left + plot_w, y], fill=(200, 200, 200))
-        draw.text((left - 30, y - 6), f"{pct}%", fill="black")
-    max_log = max(torch.tensor(max(train_counts) + 1.0).log10().item(), 1e-9)
+    step = plot_w / len(bars)
+
+    def y_of_accuracy(pct: float) -> float:
+        return top + plot_h * (1 - pct / 100)
+
+    counts = [train_counts[c] for _, cs in bars for c in cs]
+    log_max = math.log10(max(max(counts), 2))
+
+    def y_of_count(n: float) -> float:  # log axis from 1 to the largest count
+        return top + plot_h * (1 - math.log10(max(n, 1)) / log_max)
+
+    for i, (group, _) in enumerate(bars):
+        draw.rectangle([left + i * step, top, left + (i + 1) * step, top + plot_h], fill=PLOT_COLOURS[group])
+    for pct in range(0, 101, 20):
+        y = y_of_accuracy(pct)
+        draw.line([left, y, left + plot_w, y], fill=GRID)
+        draw.text((left - 8, y), f"{pct}%", fill="black", font=small, anchor="rm")
+    ticks = sorted({10 ** e for e in range(int(log_max) + 1)} | {max(counts)})
+    for n in ticks:
+        if n != max(counts) and y_of_count(n) - y_of_count(max(counts)) < 14:
+            continue  # too close to the top label
+        y = y_of_count(n)
+        draw.line([left + plot_w, y, left + plot_w + 5, y], fill=LINE, width=2)
+        draw.text((left + plot_w + 8, y), f"{n:,}", fill=LINE, font=small, anchor="lm")
     previous = None
-    for i, c in enumerate(order):
-        acc = per_class[c] or 0.0
-        x0, x1 = left + i * step + step * 0.15, left + (i + 1) * step - step * 0.15
-        draw.rectangle([x0, top + plot_h * (1 - acc / 100), x1, top + plot_h], fill=(49, 130, 189))
-        point = (left + (i + 0.5) * step, top + plot_h * (1 - torch.tensor(train_counts[c] + 1.0).log10().item() / max_log))
+    for i, (_, classes) in enumerate(bars):
+        accs = [per_class[c] for c in classes if per_class[c] is not None]
+        x0, x1 = left + i * step + step * 0.12, left + (i + 1) * step - step * 0.12
+        if accs:
+            draw.rectangle([x0, y_of_accuracy(sum(accs) / len(accs)), x1, top + plot_h], fill=BAR)
+        point = (left + (i + 0.5) * step,
+                 y_of_count(math.exp(sum(math.log(max(train_counts[c], 1)) for c in classes) / len(classes))))
         if previous:
-            draw.line([previous, point], fill=(214, 39, 40), width=2)
+            draw.line([previous, point], fill=LINE, width=2)
+        draw.ellipse([point[0] - 2, point[1] - 2, point[0] + 2, point[1] + 2], fill=LINE)
         previous = point
-        if len(order) <= 50:  # class index under its bar
-            draw.text((left + (i + 0.5) * step - 6, top + plot_h + 4), str(c), fill="black")
-    for frac in (0.0, 0.5, 1.0):  # right axis: training count, log scale
-        y = top + plot_h * (1 - frac)
-        draw.text((left + plot_w + 6, y - 6), f"{10 ** (frac * max_log) - 1:.0f}", fill=(214, 39, 40))
+    draw.line([left, top + plot_h, left + plot_w, top + plot_h], fill="black")
+    if named:  # each class's name under its bar, written upwards
+        for i, (_, (c,)) in enumerate(bars):
+            name = str(class_names[c]) if class_names else str(c)
+            name = name if len(name) <= 14 else name[:13] + "~"
+            label = Image.new("RGB", (label_h - 8, 18), "white")
+            ImageDraw.Draw(label).text((label_h - 10, 9), name, fill="black", font=small, anchor="rm")
+            label = label.rotate(90, expand=True)
+            img.paste(label, (int(left + (i + 0.5) * step - 9), top + plot_h + 6))
+        axis = "classes, sorted by training count (largest first)"
+    else:  # rank ticks: the position of a class in that order
+        total = len(counts)
+        spacing = next(s for s in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10 ** 9) if total / s <= 12)
+        starts = [1 + sum(len(cs) for _, cs in bars[:i]) for i in range(len(bars))]
+        for rank in [1] + list(range(spacing, total + 1, spacing)):
+            i = max(j for j, start in enumerate(starts) if start <= rank)  # the bar that holds this rank
+            x = left + (i + 0.5) * step
+            draw.line([x, top + plot_h, x, top + plot_h + 5], fill="black")
+            draw.text((x, top + plot_h + 8), str(rank), fill="black", font=small, anchor="mt")
+        axis = ("class rank by training count (1 = most images)"
+                + (f"; each bar: mean of up to {per_bar} neighbouring classes" if per_bar > 1 else ""))
+    draw.text((left + plot_w / 2, height - 28), axis, fill="black", font=font, anchor="mm")
+    draw.text((left, 14), title, fill="black", font=_font(18))
     x = left
     for name in ("many", "medium", "few"):
-        draw.rectangle([x, 12, x + 12, 24], fill=colours[name], outline="black")
-        draw.text((x + 16, 12), f"{name} ({len(groups[name])})", fill="black")
-        x += 110
-    draw.text((x + 10, 12), "bars: test accuracy   red line: training images (right axis, log)", fill="black")
-    draw.text((left, height - 22), f"classes sorted by training count, largest first ({rule} shot rule)  {title}",
-              fill="black")
+        draw.rectangle([x, 48, x + 14, 62], fill=PLOT_COLOURS[name], outline="black")
+        draw.text((x + 20, 55), f"{name} ({len(groups[name])} classes)", fill="black", font=small, anchor="lm")
+        x += 150
+    draw.rectangle([x, 48, x + 14, 62], fill=BAR)
+    draw.text((x + 20, 55), "test accuracy (left axis)", fill="black", font=small, anchor="lm")
+    draw.line([x + 190, 55, x + 214, 55], fill=LINE, width=2)
+    draw.text((x + 220, 55), f"training images (right axis, log scale); {rule} shot rule", fill=LINE, font=small,
+              anchor="lm")
     img.save(path, format="PNG")

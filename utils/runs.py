@@ -62,11 +62,13 @@ def code_version() -> Optional[str]:
 
 
 def describe_run(args: argparse.Namespace, train_counts: List[int], class_names: Optional[List[str]],
-                 train_fingerprint: str, variant: str, eval_head: str, world_size: int) -> Dict:
-    """Everything that defines a run: written to args.json and into every checkpoint."""
+                 train_fingerprint: str, variant: str, eval_head: str, world_size: int,
+                 flag_sources: Optional[Dict[str, str]] = None) -> Dict:
+    """Everything that defines a run: written to args.json and into every checkpoint. `flag_sources` says
+    where each value came from: 'given', 'preset' (the paper's value for the data set) or 'default'."""
     return {"args": dict(vars(args)), "variant": variant, "eval_head": eval_head, "world_size": world_size,
             "train_counts": list(train_counts), "class_names": class_names, "train_fingerprint": train_fingerprint,
-            "code_version": code_version()}
+            "code_version": code_version(), "flag_sources": dict(flag_sources or {})}
 
 
 def checkpoint_description(checkpoint: Dict) -> Optional[Dict]:

@@ -1,5 +1,6 @@
 """Learning-rate schedules, as LambdaLR factors of the base rate, stepped once per epoch."""
 import math
+from typing import List, Sequence
 
 import torch
 from torch.optim.lr_scheduler import LambdaLR
@@ -46,3 +47,18 @@ def lr_factor(dataset: str, epochs: int, late_warmup: bool = True):
 
 def build_scheduler(optimizer: torch.optim.Optimizer, dataset: str, epochs: int, late_warmup: bool = True) -> LambdaLR:
     return LambdaLR(optimizer, lr_factor(dataset, epochs, late_warmup))
+
+
+def lr_per_epoch(dataset: str, epochs: int, lr: float, late_warmup: bool = True) -> List[float]:
+    """The learning rate of every epoch, 1 to `epochs`."""
+    factor = lr_factor(dataset, epochs, late_warmup)
+    return [lr * factor(e) for e in range(epochs)]
+
+
+def summarize_lr(values: Sequence[float], first: int = 3) -> str:
+    """'1: 0.01, 2: 0.01, 3: 0.0099, ..., 200: 6.2e-07; peak 0.01 at epoch 1': the first epochs, the last, the peak."""
+    shown = [f"{e + 1}: {values[e]:.3g}" for e in range(min(first, len(values)))]
+    if len(values) > first:
+        shown += (["..."] if len(values) > first + 1 else []) + [f"{len(values)}: {values[-1]:.3g}"]
+    peak = max(range(len(values)), key=lambda e: values[e])
+    return ", ".join(shown) + f"; peak {values[peak]:.3g} at epoch {peak + 1}"
