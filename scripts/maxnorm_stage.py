@@ -15,7 +15,7 @@ The network and the training set come from the checkpoint's run description
 (released checkpoints: from the flags), so the classifier is re-trained on the
 very images the backbone was trained on, on every data set. The test set is
 evaluated after every epoch; the stage saves the last epoch as
-`<checkpoint>.maxnorm.pth.tar` and the epoch with the best per-class-mean test
+`<checkpoint>.maxnorm.pth.tar` (`.maxnorm-<recipe>.pth.tar` for another recipe) and the epoch with the best per-class-mean test
 accuracy (chosen on the test set, as the reference does) as
 `<checkpoint>.maxnorm.best.pth.tar`, and writes one report for each to <run>/eval/.
 Other recipes: `--loss`, `--project`, `--inputs`, `--bn`, `--lr_step`; the
@@ -53,6 +53,11 @@ from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_
 BEST_NOTE = "best epoch by per-class-mean accuracy on the test set, as the reference demo keeps it"
 
 
+def variant_slug(opts: StageOptions) -> str:
+    """The recipe as a file-name part: 'reference', or e.g. 'losscb_focal-projectstep'."""
+    return opts.variant().replace("=", "").replace(",", "-")
+
+
 def choices_help(options: Dict[str, str]) -> str:
     return "; ".join(f"{k}: {v}" for k, v in options.items())
 
@@ -88,7 +93,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--data_path", default="tensor", choices=["tensor", "pil"],
                    help="CIFAR augmentation on the device (tensor, default) or per image with PIL")
     g.add_argument("--out", default=None,
-                   help="where to save the last epoch (default: <checkpoint>.maxnorm.pth.tar beside it; the best "
+                   help="where to save the last epoch (default: <checkpoint>.maxnorm.pth.tar beside it, "
+                        "<checkpoint>.maxnorm-<recipe>.pth.tar for options other than the reference's; the best "
                         "epoch goes beside it as .best.pth.tar)")
     return parser
 
@@ -146,7 +152,8 @@ def main(args: argparse.Namespace) -> Dict:
     stage = train_second_stage(model, epoch_batches, test_figures, data.train_counts, opts, device)
 
     stem = path[:-len(".pth.tar")] if path.endswith(".pth.tar") else path
-    out_last = args.out or stem + ".maxnorm.pth.tar"
+    recipe = "" if opts.variant() == "reference" else "-" + variant_slug(opts)
+    out_last = args.out or f"{stem}.maxnorm{recipe}.pth.tar"
     out_best = (out_last[:-len(".pth.tar")] if out_last.endswith(".pth.tar") else out_last) + ".best.pth.tar"
     kept = {k: v for k, v in checkpoint.items() if k in ("epoch", "arch", "run", "args", "train_counts")}
     settings = {**dataclasses.asdict(opts), "variant": opts.variant(), "cap": stage["cap"], "source_checkpoint": path}
@@ -161,7 +168,7 @@ def main(args: argparse.Namespace) -> Dict:
     reports = {}
     for which, figures, out, epoch in (("last", stage["last"], out_last, opts.epochs),
                                        ("best", best["result"], out_best, best["epoch"])):
-        name = f"maxnorm-{label}-{opts.variant().replace('=', '').replace(',', '-')}-{which}.json"
+        name = f"maxnorm-{label}-{variant_slug(opts)}-{which}.json"
         report = os.path.join(run_dir, "eval", name) if run_dir else out[:-len(".pth.tar")] + ".json"
         with writing(report):
             os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)

@@ -172,14 +172,15 @@ def run_stage(run_dir, data_flags, *extra):
 def check_outputs(run_dir, variant="epochs=2"):  # the tests shorten the stage to 2 epochs
     best_ckpt = os.path.join(run_dir, "ckpt.best.pth.tar")
     source = strip_prefixes(torch.load(best_ckpt, weights_only=False)["state_dict"])
-    for name in ("ckpt.best.maxnorm.pth.tar", "ckpt.best.maxnorm.best.pth.tar"):
+    slug = variant.replace("=", "").replace(",", "-")
+    for name in (f"ckpt.best.maxnorm-{slug}.pth.tar", f"ckpt.best.maxnorm-{slug}.best.pth.tar"):
         saved = torch.load(os.path.join(run_dir, name), weights_only=False)
         params = {k for k in source if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
         changed = {k for k in params if not torch.equal(source[k], saved["state_dict"][k])}
         assert changed <= {"fc_cb.weight", "fc_cb.bias"}
         assert saved["maxnorm_stage"]["variant"] == variant
     reports = sorted(os.listdir(os.path.join(run_dir, "eval")))
-    assert reports == [f"maxnorm-best-{variant.replace('=', '').replace(',', '-')}-{w}.json" for w in ("best", "last")]
+    assert reports == [f"maxnorm-best-{slug}-{w}.json" for w in ("best", "last")]
     best = json.load(open(os.path.join(run_dir, "eval", reports[0])))
     assert best["kind"] == "maxnorm stage" and "test set" in best["selection"] and len(best["history"]) == 2
 
@@ -193,14 +194,16 @@ def test_stage_on_cifar_tensor_path_and_the_features_variant(tmp_path):
     check_outputs(run_dir)
     assert out["history"][-1]["top1"] == out["last"]["top1"]
     source = strip_prefixes(torch.load(os.path.join(run_dir, "ckpt.best.pth.tar"), weights_only=False)["state_dict"])
-    saved = torch.load(os.path.join(run_dir, "ckpt.best.maxnorm.pth.tar"), weights_only=False)["state_dict"]
+    saved = torch.load(os.path.join(run_dir, "ckpt.best.maxnorm-epochs2.pth.tar"), weights_only=False)["state_dict"]
     assert not torch.equal(source["bn1.running_mean"], saved["bn1.running_mean"])  # train mode: statistics moved
     old = ["--loss", "cb_focal", "--project", "step", "--inputs", "features", "--lr_step", "end"]
     run_stage(run_dir, data, *old)
-    saved = torch.load(os.path.join(run_dir, "ckpt.best.maxnorm.pth.tar"), weights_only=False)
+    saved = torch.load(os.path.join(run_dir, "ckpt.best.maxnorm-epochs2-losscb_focal-projectstep-inputsfeatures-"
+                                             "bnfrozen-lr_stepend.pth.tar"), weights_only=False)
     assert saved["maxnorm_stage"]["bn"] == "frozen"
     assert torch.equal(source["bn1.running_mean"], saved["state_dict"]["bn1.running_mean"])
-    assert len(os.listdir(os.path.join(run_dir, "eval"))) == 4  # the variant's reports sit beside the reference's
+    assert len(os.listdir(os.path.join(run_dir, "eval"))) == 4  # the variant's reports sit beside the first's
+    assert os.path.isfile(os.path.join(run_dir, "ckpt.best.maxnorm-epochs2.pth.tar"))  # and is not overwritten
 
 
 def test_stage_on_a_folder_data_set(tmp_path):
