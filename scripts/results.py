@@ -46,7 +46,7 @@ def find_runs(paths: List[str]) -> List[str]:
 
 
 def report_column(report: Dict) -> Optional[str]:
-    """The column of an evaluation report, e.g. 'test.py fc_cb (best)' or 'MaxNorm stage best (best)'."""
+    """The column of an evaluation report, e.g. 'test.py fc_cb (best)' or 'MaxNorm stage best epoch (best)'."""
     kind = report.get("kind")
     if kind not in ("test.py", "maxnorm stage") or "top1" not in report:
         return None
