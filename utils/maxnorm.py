@@ -66,12 +66,12 @@ class StageOptions:
 
     def variant(self) -> str:
         """'reference' for the defaults, else the options that differ, e.g. 'loss=cb_focal,project=step'."""
-        reference = StageOptions()
-        changed = [f"{f.name}={getattr(self, f.name):g}" if isinstance(getattr(self, f.name), float)
-                   else f"{f.name}={getattr(self, f.name)}"
-                   for f in dataclasses.fields(self) if getattr(self, f.name) != getattr(reference, f.name)]
-        if self.loss != "cb_focal":  # gamma only matters to the focal loss
-            changed = [c for c in changed if not c.startswith("focal_gamma=")]
+        reference, changed = StageOptions(), []
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if value == getattr(reference, f.name) or (f.name == "focal_gamma" and self.loss != "cb_focal"):
+                continue  # gamma only matters to the focal loss
+            changed.append(f"{f.name}={value:g}" if isinstance(value, float) else f"{f.name}={value}")
         return ",".join(changed) or "reference"
 
 
