@@ -18,7 +18,7 @@ import os
 import shlex
 import textwrap
 import time
-from typing import Dict, Optional
+from typing import Dict, List, Optional, Tuple
 
 import torch
 
@@ -26,6 +26,7 @@ from datasets import CIFAR_INFO, LIST_DATASETS, DataBundle, build_data, build_lo
 from datasets.args import add_data_args, check_data_args
 from datasets.image_files import preflight
 from models import build_model, count_parameters
+from models.heads import CLASSIFIERS
 from models.args import add_model_args, check_model_args
 from utils.checkpoint import first_non_finite, load_weights, read_checkpoint, save_checkpoint, unwrap
 from utils.config import (FlagTrackingParser, add_run_args, check_run_args, command_line, run_cli,
@@ -33,7 +34,8 @@ from utils.config import (FlagTrackingParser, add_run_args, check_run_args, comm
 from utils.distributed import World, any_rank, broadcast_object, close_world, init_world
 from utils.errors import EXIT_DIVERGED, RunStopped, UsageError, WriteFailed
 from utils.interrupt import StopRequest
-from utils.losses import LossOptions, cumulative_alpha, log_class_prior
+from utils.losses import LossOptions, cumulative_alpha, evaluation_head, log_class_prior
+from utils.memory import check_fits, estimate_training_memory
 from utils.metrics import evaluate, format_group
 from utils.presets import PRESET_FLAGS, RELEASED_DEFAULTS, apply_paper_presets, mark_preset_flags, preset_table
 from utils.progress import DivergenceWatch, EpochProgress, format_duration, remaining_time
@@ -183,6 +185,8 @@ def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args,
     The host waits for the device only at progress lines (and, under torchrun, for the stop check).
     """
     model.train()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # gpu_peak_mb is this epoch's
     start, seen_before, steps, first_step = time.time(), progress.seen, len(train_loader), progress.step
     watch = DivergenceWatch(device)
     step_loss.begin_epoch(epoch, steps)
@@ -231,21 +235,31 @@ def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args,
 def epoch_record(epoch: int, lr: float, train_stats: Dict, result: Dict, best_acc1: float) -> Dict:
     """The epoch's line of metrics.jsonl (also stored in the checkpoint that ends the epoch)."""
     tested = {k: result[k] for k in ("top1", "top5", "many", "medium", "few", "test_images")}
+    tested.update({k: v for k, v in result.items() if k.startswith("top1_")})  # each classifier's top-1
     return {"epoch": epoch + 1, "lr": lr, **train_stats, **tested, "best_acc1": best_acc1}
 
 
 def log_epoch(log: RunLog, epochs: int, record: Dict, shot_rule: str) -> None:
     """The epoch's test line and its TensorBoard scalars."""
     groups = ("many", "medium", "few")
+    heads = {k[len("top1_"):]: v for k, v in record.items() if k.startswith("top1_")}
     log.print(f"epoch {record['epoch']}/{epochs} test top-1 {record['top1']:.2f} top-5 {record['top5']:.2f} "
               + " ".join(f"{g} {format_group(record[g])}" for g in groups)
-              + f" ({shot_rule} rule) best {record['best_acc1']:.2f} [{record['seconds']:.1f} s train]")
+              + f" ({shot_rule} rule) best {record['best_acc1']:.2f} [{record['seconds']:.1f} s train]"
+              + ("; top-1 by classifier: " + ", ".join(f"{h} {v:.2f}" for h, v in heads.items()) if heads else ""))
     log.scalars({f"train/{k}": record.get(k) for k in ("loss", "balance", "rebalance", "consistency", "lr", "alpha")}
-                | {f"test/{k}": record[k] for k in ("top1", "top5", *groups)}, record["epoch"])
+                | {f"test/{k}": record[k] for k in ("top1", "top5", *groups)}
+                | {f"test/top1_{h}": v for h, v in heads.items()}, record["epoch"])
 
 
 def eval_head(args) -> str:
-    return "fc" if args.method == "ce" else "fc_cb"
+    """The classifier every evaluation of the run uses (see `evaluation_head`)."""
+    return evaluation_head(args.method, args.fixed_alpha, args.epochs)[0]
+
+
+def other_heads(args) -> Tuple[str, ...]:
+    """The classifiers scored beside the evaluation head in every epoch's record (top-1 only)."""
+    return tuple(h for h in CLASSIFIERS if h != eval_head(args))
 
 
 CIFAR_ONLY = {"imbanlance_rate", "split", "data_seed", "no_download", "data_path"}
@@ -285,6 +299,9 @@ def describe(args, data: DataBundle, n_params: int, log: RunLog, sources: Dict[s
     log.print(f"training images per class ({sum(counts)} in all): {shown}")
     log.print(f"test images: {len(data.test)}; parameters: {n_params:,}")
     log.print(f"learning rate per epoch: {summarize_lr(lrs)} (every epoch in args.json)")
+    head, why = evaluation_head(args.method, args.fixed_alpha, args.epochs)
+    log.print(f"evaluated with {head} ({why}); every epoch's record also holds the top-1 of "
+              + ", ".join(other_heads(args)))
 
 
 def read_resume_checkpoint(args: argparse.Namespace, world_size: int) -> Optional[Dict]:
@@ -383,13 +400,17 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
     data = build_data(args, views=1 if args.method == "ce" else 2)
     args.num_classes = data.num_classes
     description = describe_run(args, data.train_counts, data.class_names, data.fingerprint, variant_tag(args),
-                               eval_head(args), world.size, sources)
+                               evaluation_head(args.method, args.fixed_alpha, args.epochs), world.size, sources)
     if checkpoint:
         check_training_set(checkpoint_description(checkpoint), data.fingerprint, args.root, args.resume)
     preflight_note = None
     if data.files:  # a broken data setup is reported in seconds, before anything is written
         start = time.time()
         preflight_note = preflight(data.files) + f" ({time.time() - start:.1f} s)"
+    memory = estimate_training_memory(lambda: build_model(args.arch, data.num_classes, args.width), data.image_size,
+                                      args.batch_size // world.size, args.method != "ce", args.amp)
+    check_fits(memory, device, "Lower -b" + (" or --image_size" if data.files else "")
+               + (", or use --amp bf16" if args.amp == "off" else ""))
     model = build_model(args.arch, data.num_classes, args.width)
     n_params = count_parameters(model)
     if checkpoint:
@@ -401,7 +422,7 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
         log = RunLog(run_dir if world.is_main else None, tensorboard=not (args.no_tensorboard or args.dry_run),
                      echo=world.is_main)
         return run(args, world, device, data, model, n_params, checkpoint, description, run_dir, ckpt_dir, log,
-                   preflight_note)
+                   [memory.describe()] + ([preflight_note] if preflight_note else []))
     except (UsageError, RunStopped) as exc:
         if log:
             log.last_words(f"error: {exc}" if isinstance(exc, UsageError) else str(exc))
@@ -413,7 +434,7 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
 
 
 def run(args, world: World, device: torch.device, data: DataBundle, model, n_params: int, checkpoint: Optional[Dict],
-        description: Dict, run_dir: str, ckpt_dir: str, log: RunLog, preflight_note: Optional[str]) -> Optional[Dict]:
+        description: Dict, run_dir: str, ckpt_dir: str, log: RunLog, notes: List[str]) -> Optional[Dict]:
     """The epochs of a run whose folder is open and locked."""
     log.print(f"run folder: {run_dir}; device: {device}" + (f"; {world.size} processes" if world.enabled else ""))
     if world.is_main:
@@ -426,8 +447,8 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
             "checkpoint_dir": ckpt_dir, "command": command_line("main.py", get_args_parser(), args),
             "lr_per_epoch": lrs})
     train_loader, test_loader = build_loaders(data, args, device, world.rank, world.size)
-    if preflight_note:
-        log.print(preflight_note)
+    for note in notes:  # the memory estimate, the image check
+        log.print(note)
     if args.dry_run:
         log.print(f"dry run: {len(train_loader)} steps per epoch; data, loaders and model built; exiting")
         return None
@@ -490,7 +511,7 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
                 progress = EpochProgress()
                 scheduler.step()
                 result = evaluate(model, test_loader, device, data.train_counts, args.shot_rule, eval_head(args),
-                                  world)
+                                  world, also=other_heads(args))
                 is_best = best_epoch is None or result["top1"] > best_acc1
                 if is_best:
                     best_acc1, best_epoch = result["top1"], epoch + 1

@@ -22,6 +22,7 @@ from typing import Dict, Optional
 from datasets import build_data, build_test_loader, canonical_dataset
 from datasets.args import add_data_args, check_data_args
 from models import model_from_checkpoint
+from models.heads import CLASSIFIERS
 from models.args import add_model_args, check_model_args
 from utils.checkpoint import read_checkpoint
 from utils.config import FlagTrackingParser, add_run_args, check_run_args, run_cli, select_device
@@ -29,26 +30,28 @@ from utils.errors import UsageError, writing
 from utils.losses import log_class_prior
 from utils.maxnorm import max_norm_threshold, project_rows_, tau_normalize_rows_
 from utils.metrics import predict, summarize
-from utils.presets import mark_preset_flags, preset_arch
+from utils.presets import mark_preset_flags, preset_network_and_crop
 from utils.report import confusion_cells, plot_per_class, table
 from utils.run_log import write_json
 from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_description, checkpoint_label,
-                        evaluation_checkpoint_path, run_folder_of)
+                        evaluation_checkpoint_path, report_folder, run_head)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = FlagTrackingParser(description="Evaluate a GLMC checkpoint")
     add_data_args(parser, training=False)
     add_model_args(parser)
-    mark_preset_flags(parser, ["arch"], "the checkpoint's; for a released checkpoint the paper's network for "
-                                        "--dataset")
+    mark_preset_flags(parser, ["arch", "image_size"],
+                      "the checkpoint's; for a released checkpoint the paper's value for --dataset")
     add_run_args(parser, training=False)
     g = parser.add_argument_group("evaluation")
     g.add_argument("--resume", required=True,
                    help="checkpoint to evaluate (ckpt.pth.tar, ckpt.best.pth.tar, ...), or a run folder: its "
                         "best checkpoint")
-    g.add_argument("--head", default="fc_cb", choices=["fc_cb", "fc"],
-                   help="classifier to evaluate: fc_cb (re-balanced, as released) or fc")
+    g.add_argument("--head", default=None, choices=list(CLASSIFIERS),
+                   help="classifier to evaluate (default: the run's evaluation head, which the checkpoint names: "
+                        "fc_cb for GLMC, fc for the CE baseline and --fixed_alpha 1; fc_cb for a released "
+                        "checkpoint)")
     g.add_argument("--tau_norm", type=float, default=None, metavar="TAU",
                    help="post-hoc tau-normalisation (Kang et al. 2020): each weight row w_c of the head becomes "
                         "w_c / ||w_c|| ** TAU (biases untouched)")
@@ -78,8 +81,8 @@ def report_kind(args: argparse.Namespace) -> str:
     return "-".join(parts)
 
 
-def default_report_path(checkpoint_path: str, args: argparse.Namespace) -> Optional[str]:
-    run_dir = run_folder_of(checkpoint_path)
+def default_report_path(checkpoint_path: str, checkpoint: Dict, args: argparse.Namespace) -> Optional[str]:
+    run_dir = report_folder(checkpoint_path, checkpoint)
     if run_dir is None:
         return None
     return os.path.join(run_dir, "eval", f"{checkpoint_label(checkpoint_path)}-{report_kind(args)}.json")
@@ -87,7 +90,7 @@ def default_report_path(checkpoint_path: str, args: argparse.Namespace) -> Optio
 
 def main(args: argparse.Namespace) -> Dict:
     check_data_args(args)
-    preset_arch(args)
+    preset_network_and_crop(args)
     check_model_args(args)
     check_run_args(args)
     if args.max_norm is not None:
@@ -117,14 +120,20 @@ def main(args: argparse.Namespace) -> Dict:
         raise UsageError(f"the training set under --root {args.root!r} has class counts {data.train_counts}, but "
                          f"checkpoint {path!r} was trained on {list(trained_counts)}")
     model = model_from_checkpoint(checkpoint, path, args.arch, data.num_classes, args.width)
-    head = getattr(model, args.head)
+    run_head_name, why = run_head(description)
+    if args.head is None:
+        args.head = run_head_name
+        print(f"classifier {args.head}: {why}")
+    elif args.head != run_head_name:
+        print(f"classifier {args.head} (--head), not the run's evaluation head {run_head_name} ({why})")
+    head = model.classifier(args.head)
     if args.tau_norm is not None:
         tau_normalize_rows_(head.weight, args.tau_norm)
     if args.norm_cap is not None:
         project_rows_(head.weight, max_norm_threshold(head.weight, args.norm_cap))
     shift = -args.logit_adjust * log_class_prior(data.train_counts) if args.logit_adjust is not None else None
     model.to(device)
-    preds, targets = predict(model, build_test_loader(data.test, args.workers), device, head=args.head,
+    preds, targets, _ = predict(model, build_test_loader(data.test, args.workers), device, head=args.head,
                              logit_shift=shift)
     result = {**summarize(preds, targets, data.train_counts, args.shot_rule), "head": args.head,
               "tau_norm": args.tau_norm, "norm_cap": args.norm_cap, "logit_adjust": args.logit_adjust}
@@ -134,7 +143,7 @@ def main(args: argparse.Namespace) -> Dict:
           + (f"; one-shot norm cap {args.norm_cap}" if args.norm_cap is not None else "")
           + (f"; logit adjustment tau {args.logit_adjust}" if args.logit_adjust is not None else ""))
     print(table(result))
-    report_path = args.json or default_report_path(path, args)
+    report_path = args.json or default_report_path(path, checkpoint, args)
     if report_path:
         with writing(report_path):
             os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
@@ -143,6 +152,9 @@ def main(args: argparse.Namespace) -> Dict:
                                  "train_counts": data.train_counts,
                                  "confusion": confusion_cells(preds[:, 0], targets, data.num_classes)})
         print(f"report written to {report_path}")
+    else:
+        print("no report written: the checkpoint belongs to no run folder (none holds it, and it names none that "
+              "exists); give --json PATH to keep one")
     if args.plot:
         plot_per_class(result["per_class"], data.train_counts, args.shot_rule, args.plot,
                        title=f"{args.dataset}, {checkpoint_label(path)} checkpoint, {report_kind(args)}: top-1 "

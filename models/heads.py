@@ -5,10 +5,13 @@ maps it to z and `contrast_head` maps z to the prediction p used by the
 consistency loss. The heads are one-layer `nn.Sequential`s because the released
 checkpoints name them `projection_head.0.*` and `contrast_head.0.*`.
 """
-from typing import Tuple, Union
+from typing import Sequence, Tuple, Union
 
 import torch
 from torch import nn
+
+
+CLASSIFIERS = ("fc_cb", "fc")  # the re-balanced classifier (evaluated as released) and the plain one
 
 
 class GLMCNetwork(nn.Module):
@@ -24,12 +27,21 @@ class GLMCNetwork(nn.Module):
     def features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
+    def classifier(self, head: str) -> nn.Linear:
+        """The classifier named `head`: 'fc_cb' or 'fc'."""
+        if head not in CLASSIFIERS:
+            raise ValueError(f"unknown classifier {head!r}; expected one of {CLASSIFIERS}")
+        return getattr(self, head)
+
     def forward(
-        self, x: torch.Tensor, train: bool = False, head: str = "fc_cb"
-    ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Evaluation returns the logits of `head` (`fc_cb` as released, or `fc`); training returns (fc, fc_cb, z, p)."""
+        self, x: torch.Tensor, train: bool = False, head: Union[str, Sequence[str]] = "fc_cb"
+    ) -> Union[torch.Tensor, Tuple[torch.Tensor, ...]]:
+        """Evaluation returns the logits of `head` (`fc_cb` as released, or `fc`), or a tuple of logits, one per
+        head, when `head` names several (one backbone pass for all); training returns (fc, fc_cb, z, p)."""
         feature = self.features(x)
         if not train:
-            return self.fc(feature) if head == "fc" else self.fc_cb(feature)
+            if isinstance(head, str):
+                return self.classifier(head)(feature)
+            return tuple(self.classifier(h)(feature) for h in head)
         z = self.projection_head(feature)
         return self.fc(feature), self.fc_cb(feature), z, self.contrast_head(z)

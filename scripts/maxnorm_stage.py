@@ -1,6 +1,6 @@
 """The MaxNorm second stage behind the published "+ MaxNorm" rows.
 
-Freezes a trained GLMC network, re-trains only its classifier `fc_cb` with the
+Freezes a trained GLMC network, re-trains only its classifier with the
 class-balanced loss (Cui et al. 2019) and projects the classifier's rows onto the
 MaxNorm ball (Alshammari et al. 2022). The defaults are the weight-balancing
 authors' own second-stage demo (the GLMC authors' settings are unpublished):
@@ -10,6 +10,11 @@ momentum 0.9, weight decay 0.1, cosine over 10 epochs stepped at each epoch's
 start, the projection once per epoch, thresh 0.1.
 
     python scripts/maxnorm_stage.py --resume runs/<run>      # the run's best checkpoint
+
+The classifier re-trained (and evaluated, before and after) is the run's own
+evaluation head, which the checkpoint names: `fc_cb` for GLMC and released
+checkpoints, `fc` for a CE baseline or a --fixed_alpha 1 run, whose `fc_cb` was
+never trained.
 
 The network and the training set come from the checkpoint's run description
 (released checkpoints: from the flags), so the classifier is re-trained on the
@@ -44,11 +49,12 @@ from utils.errors import UsageError, writing  # noqa: E402
 from utils.maxnorm import (BN_MODES, INPUTS, LOSSES, LR_STEPS, PROJECTIONS, StageOptions,  # noqa: E402
                            extract_features, feature_batches, train_second_stage)
 from utils.metrics import evaluate  # noqa: E402
-from utils.presets import mark_preset_flags, preset_arch  # noqa: E402
+from utils.presets import mark_preset_flags, preset_network_and_crop  # noqa: E402
 from utils.report import table  # noqa: E402
 from utils.run_log import write_json  # noqa: E402
 from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_description,  # noqa: E402
-                        check_training_set, checkpoint_label, evaluation_checkpoint_path, run_folder_of)
+                        check_training_set, checkpoint_label, evaluation_checkpoint_path, report_folder,
+                        run_head)
 
 BEST_NOTE = "best epoch by per-class-mean accuracy on the test set, as the reference demo keeps it"
 
@@ -66,8 +72,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = FlagTrackingParser(description=__doc__.splitlines()[0])
     add_data_args(parser)
     add_model_args(parser)
-    mark_preset_flags(parser, ["arch"], "the checkpoint's; for a released checkpoint the paper's network for "
-                                        "--dataset")
+    mark_preset_flags(parser, ["arch", "image_size"],
+                      "the checkpoint's; for a released checkpoint the paper's value for --dataset")
     add_run_args(parser)
     ref = StageOptions()
     g = parser.add_argument_group("second stage (defaults: the weight-balancing authors' demo; -b is the batch, 64)")
@@ -117,7 +123,7 @@ def stage_options(args: argparse.Namespace) -> StageOptions:
 
 def main(args: argparse.Namespace) -> Dict:
     check_data_args(args)
-    preset_arch(args)
+    preset_network_and_crop(args)
     check_model_args(args)
     check_run_args(args)
     opts = stage_options(args)
@@ -133,9 +139,10 @@ def main(args: argparse.Namespace) -> Dict:
     check_training_set(description, data.fingerprint, args.root, path)
     model = model_from_checkpoint(checkpoint, path, args.arch, data.num_classes, args.width).to(device)
     train_loader, test_loader = make_loaders(data, args, device, resample=None, views=1)
+    head, why = run_head(description)
 
     def test_figures(net):
-        return evaluate(net, test_loader, device, data.train_counts, args.shot_rule)
+        return evaluate(net, test_loader, device, data.train_counts, args.shot_rule, head)
 
     if opts.inputs == "features":
         plain = plain_training_set(data)
@@ -148,15 +155,17 @@ def main(args: argparse.Namespace) -> Dict:
             return (batch for (batch,) in train_loader.epoch(epoch) if batch is not None)
 
     before = test_figures(model)
-    print(f"MaxNorm stage on {path}, {len(data.train)} training images, recipe: {opts.variant()}")
-    stage = train_second_stage(model, epoch_batches, test_figures, data.train_counts, opts, device)
+    print(f"MaxNorm stage on {path}, {len(data.train)} training images, recipe: {opts.variant()}; re-trains {head} "
+          f"({why})")
+    stage = train_second_stage(model, epoch_batches, test_figures, data.train_counts, opts, device, head_name=head)
 
     stem = path[:-len(".pth.tar")] if path.endswith(".pth.tar") else path
     recipe = "" if opts.variant() == "reference" else "-" + variant_slug(opts)
     out_last = args.out or f"{stem}.maxnorm{recipe}.pth.tar"
     out_best = (out_last[:-len(".pth.tar")] if out_last.endswith(".pth.tar") else out_last) + ".best.pth.tar"
     kept = {k: v for k, v in checkpoint.items() if k in ("epoch", "arch", "run", "args", "train_counts")}
-    settings = {**dataclasses.asdict(opts), "variant": opts.variant(), "cap": stage["cap"], "source_checkpoint": path}
+    settings = {**dataclasses.asdict(opts), "variant": opts.variant(), "cap": stage["cap"], "source_checkpoint": path,
+                "head": head}
     best = stage["best"]
     atomic_save({**kept, "state_dict": model.state_dict(), "best_acc1": stage["last"]["top1"],
                  "maxnorm_stage": {**settings, "stage_epoch": opts.epochs}}, out_last)
@@ -164,7 +173,7 @@ def main(args: argparse.Namespace) -> Dict:
                  "maxnorm_stage": {**settings, "stage_epoch": best["epoch"], "selection": BEST_NOTE}}, out_best)
 
     label = checkpoint_label(path)
-    run_dir = run_folder_of(path)
+    run_dir = report_folder(path, checkpoint)
     reports = {}
     for which, figures, out, epoch in (("last", stage["last"], out_last, opts.epochs),
                                        ("best", best["result"], out_best, best["epoch"])):

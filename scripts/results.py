@@ -4,12 +4,17 @@
 
 Reads each run folder's args.json and metrics.jsonl, and the evaluation reports
 in its eval/ folder (written there by test.py and the MaxNorm stage). Runs that
-differ only in the training seed share a row (and only those: a fixed --data_seed
-is part of the configuration, a data seed that follows the seed is not). Each
-kind of evaluation has its own column: the training-time evaluation of every
-epoch (best and last), test.py per checkpoint, head and post-hoc method, and the
-MaxNorm stage. A cell is the mean ± sample standard deviation over the seeds that
-have it, with their number n.
+differ only in the training seed share a row (and only those: a --data_seed that
+was given is part of the configuration, a data seed that follows the seed is not).
+A row counts distinct seeds: folders that repeat a seed of the same configuration
+(a copied folder, or the same run started twice) count once, the newest (by its
+last metrics.jsonl write) standing for that seed, and the repeats are listed in
+their own column. Each kind of evaluation has its own column: the training-time
+evaluation of every epoch (best and last), test.py per checkpoint, head and
+post-hoc method, and the MaxNorm stage. A cell is the mean ± sample standard
+deviation over the seeds that have it, with their number n. IF is 1 /
+--imbanlance_rate for CIFAR and the training set's largest over smallest class
+count for list and folder data.
 """
 import argparse
 import csv
@@ -18,7 +23,7 @@ import os
 import statistics
 import sys
 from collections import OrderedDict
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -30,6 +35,7 @@ NOT_CONFIG = {"seed", "seeds", "root", "root_log", "root_model", "resume", "gpu"
               "dir_train_txt", "dir_test_txt", "channels_last", "compile"}
 FIXED_COLUMNS = ["data set", "IF", "arch", "method", "epochs", "seeds", "data seed", "top-1 best", "top-1 last",
                  "many", "medium", "few"]
+LAST_COLUMNS = ["runs complete", "repeated seeds"]
 
 
 def warn(message: str) -> None:
@@ -84,20 +90,50 @@ def read_run(folder: str) -> Optional[Dict]:
     except (OSError, ValueError):
         warn(f"{path}: not readable JSON; run folder skipped")
         return None
-    records = read_metrics(os.path.join(folder, "metrics.jsonl"), warn)
-    return {"folder": folder, "meta": meta, "records": records, "reports": read_reports(folder)}
+    metrics = os.path.join(folder, "metrics.jsonl")
+    return {"folder": folder, "meta": meta, "records": read_metrics(metrics, warn), "reports": read_reports(folder),
+            "written": os.path.getmtime(metrics)}
 
 
-def data_seed_of(args: Dict) -> Optional[int]:
-    """The fixed data seed, or None when it follows the training seed (the released behaviour)."""
+def data_seed_of(meta: Dict) -> Optional[int]:
+    """The fixed data seed, or None when it follows the training seed (the released behaviour).
+
+    Fixed means --data_seed was given, as the run records it (`flag_sources`, or the given flags); a run
+    folder that records neither counts a data seed equal to the seed as following it.
+    """
+    args = meta["args"]
     seed = args.get("data_seed")
+    sources, given = meta.get("flag_sources"), args.get("given_flags")
+    if sources:
+        return seed if sources.get("data_seed") == "given" else None
+    if given is not None:
+        return seed if "data_seed" in given else None
     return None if seed is None or seed == args.get("seed") else seed
 
 
-def config_key(args: Dict) -> str:
-    config = {k: v for k, v in args.items() if k not in NOT_CONFIG and k != "data_seed"}
-    config["data_seed"] = data_seed_of(args)
+def config_key(meta: Dict) -> str:
+    config = {k: v for k, v in meta["args"].items() if k not in NOT_CONFIG and k != "data_seed"}
+    config["data_seed"] = data_seed_of(meta)
     return json.dumps(config, sort_keys=True, default=str)
+
+
+def imbalance_factor(meta: Dict) -> str:
+    args = meta["args"]
+    counts = [n for n in meta.get("train_counts") or () if n > 0]
+    if args.get("dataset") in ("cifar10", "cifar100") or not counts:
+        return f"{1 / args['imbanlance_rate']:g}" if args.get("imbanlance_rate") else "?"
+    return f"{max(counts) / min(counts):.4g}"
+
+
+def one_run_per_seed(members: List[Dict]) -> Tuple[List[Dict], str]:
+    """The runs of one configuration with distinct seeds (the newest run of a repeated seed), and the
+    repeats as text, e.g. '3407 (2 runs)'."""
+    by_seed: "OrderedDict[int, List[Dict]]" = OrderedDict()
+    for run in members:
+        by_seed.setdefault(run["meta"]["args"]["seed"], []).append(run)
+    kept = [max(runs, key=lambda r: r["written"]) for runs in by_seed.values()]
+    repeats = ", ".join(f"{seed} ({len(runs)} runs)" for seed, runs in by_seed.items() if len(runs) > 1)
+    return kept, repeats
 
 
 def cell(values: List[float]) -> str:
@@ -117,18 +153,19 @@ def summarise(runs: List[Dict]) -> List[Dict[str, str]]:
     groups: "OrderedDict[str, List[Dict]]" = OrderedDict()
     for run in runs:
         if run["records"]:
-            groups.setdefault(config_key(run["meta"]["args"]), []).append(run)
+            groups.setdefault(config_key(run["meta"]), []).append(run)
     rows = []
-    for members in groups.values():
+    for group in groups.values():
+        members, repeats = one_run_per_seed(group)
         args = members[0]["meta"]["args"]
         lasts = [m["records"][-1] for m in members]
         complete = sum(r["epoch"] == args["epochs"] for r in lasts)
         arch = args["arch"] + (f" (width {args['width']})" if args["arch"] == "resnet32" else "")
         row = {
-            "data set": args["dataset"], "IF": f"{1 / args['imbanlance_rate']:g}", "arch": arch,
+            "data set": args["dataset"], "IF": imbalance_factor(members[0]["meta"]), "arch": arch,
             "method": members[0]["meta"].get("variant", "glmc"), "epochs": str(args["epochs"]),
             "seeds": ",".join(str(m["meta"]["args"]["seed"]) for m in members),
-            "data seed": "= seed" if data_seed_of(args) is None else str(data_seed_of(args)),
+            "data seed": "= seed" if data_seed_of(members[0]["meta"]) is None else str(data_seed_of(members[0]["meta"])),
             "top-1 best": cell([max(r["top1"] for r in m["records"]) for m in members]),
             "top-1 last": cell([r["top1"] for r in lasts]),
             "many": mean_or_empty([r["many"] for r in lasts]), "medium": mean_or_empty([r["medium"] for r in lasts]),
@@ -137,13 +174,14 @@ def summarise(runs: List[Dict]) -> List[Dict[str, str]]:
         for column in sorted({c for m in members for c in m["reports"]}):
             row[column] = cell([m["reports"][column] for m in members if column in m["reports"]])
         row["runs complete"] = f"{complete}/{len(members)}"
+        row["repeated seeds"] = repeats
         rows.append(row)
     return rows
 
 
 def columns_of(rows: List[Dict[str, str]]) -> List[str]:
-    extra = sorted({c for row in rows for c in row} - set(FIXED_COLUMNS) - {"runs complete"})
-    return FIXED_COLUMNS + extra + ["runs complete"]
+    extra = sorted({c for row in rows for c in row} - set(FIXED_COLUMNS) - set(LAST_COLUMNS))
+    return FIXED_COLUMNS + extra + LAST_COLUMNS
 
 
 def markdown(rows: List[Dict[str, str]], columns: List[str]) -> str:
@@ -165,7 +203,8 @@ def main(argv=None) -> int:
     columns = columns_of(rows)
     print(markdown(rows, columns))
     print("top-1 best/last: the evaluation during training (the run's head, fc_cb for GLMC), as released; "
-          "many/medium/few: last epoch. Cells: mean ± standard deviation over seeds (n seeds).")
+          "many/medium/few: last epoch. Cells: mean ± standard deviation over distinct seeds (n seeds); a seed run "
+          "more than once counts once (its newest run), the repeats listed under 'repeated seeds'.")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns, restval="")

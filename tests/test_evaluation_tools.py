@@ -23,7 +23,7 @@ def trained(tmp_path_factory):
     root = str(tmp / "data")
     write_cifar(root, train_per_class=20, test_per_class=3)
     train_script.main(train_script.get_args_parser().parse_args(
-        DATA + ["--root", root, "--epochs", "1", "-b", "16", "--no_tensorboard", "--root_log", str(tmp / "runs")]))
+        DATA + ["--root", root, "--epochs", "2", "-b", "16", "--no_tensorboard", "--root_log", str(tmp / "runs")]))
     (run,) = os.listdir(tmp / "runs")
     return root, str(tmp / "runs" / run / "ckpt.pth.tar")
 

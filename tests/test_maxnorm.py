@@ -158,7 +158,7 @@ TINY_NET = ["-a", "resnet32", "--width", "8", "-j", "0"]
 
 def train_run(tmp_path, data_flags):
     train_script.main(train_script.get_args_parser().parse_args(
-        data_flags + TINY_NET + ["--epochs", "1", "-b", "8", "--no_tensorboard", "--root_log", str(tmp_path / "runs")]))
+        data_flags + TINY_NET + ["--epochs", "2", "-b", "8", "--no_tensorboard", "--root_log", str(tmp_path / "runs")]))
     (name,) = os.listdir(tmp_path / "runs")
     return str(tmp_path / "runs" / name)
 

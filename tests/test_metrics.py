@@ -46,6 +46,8 @@ class LogitsAreTheInput(torch.nn.Module):
     def forward(self, x, head="fc_cb"):
         self.heads.append(head)
         self.grad_enabled.append(torch.is_grad_enabled())
+        if not isinstance(head, str):
+            return tuple(x if h == "fc_cb" else -x for h in head)
         return x if head == "fc_cb" else -x
 
 
@@ -53,21 +55,26 @@ def test_predict_ranks_the_logits_of_the_chosen_head_and_skips_empty_batches():
     logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, 5.0, 4.0, -1.0], [6.0, 5.0, 4.0, 3.0, 2.0, 1.0, 0.0]])
     loader = [(logits[:1], torch.tensor([4])), None, (logits[1:], torch.tensor([0]))]
     model = LogitsAreTheInput()
-    preds, targets = predict(model, loader, torch.device("cpu"))
+    preds, targets, others = predict(model, loader, torch.device("cpu"))
     assert preds.tolist() == [[4, 5, 1, 3, 2], [0, 1, 2, 3, 4]]  # top 5 by default, best first
     assert targets.tolist() == [4, 0] and model.heads == ["fc_cb", "fc_cb"] and model.grad_enabled == [False] * 2
-    preds, _ = predict(model, loader, torch.device("cpu"), k=2, head="fc")
+    assert others == {}
+    preds, _, _ = predict(model, loader, torch.device("cpu"), k=2, head="fc")
     assert preds.tolist() == [[6, 0], [6, 5]]
     shift = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 10.0])  # a post-hoc shift is added to the logits
-    preds, _ = predict(model, loader, torch.device("cpu"), k=1, logit_shift=shift)
-    assert preds.tolist() == [[6], [6]]
+    preds, _, others = predict(model, loader, torch.device("cpu"), k=1, logit_shift=shift, also=("fc",))
+    assert preds.tolist() == [[6], [6]]  # the shift moves the evaluated head only ...
+    assert others["fc"].tolist() == [6, 6]  # ... fc's top-1 is the smallest input: 6 in both rows, unshifted
+    assert model.heads[-1] == ("fc_cb", "fc")  # one forward for both heads
 
 
 def test_evaluate_reports_head_images_rule_and_groups():
     logits = torch.eye(3) * 5
     loader = [(logits, torch.tensor([0, 1, 1]))]
-    out = evaluate(LogitsAreTheInput(), loader, torch.device("cpu"), train_counts=[300, 50, 20])
+    out = evaluate(LogitsAreTheInput(), loader, torch.device("cpu"), train_counts=[300, 50, 20], also=("fc",))
     assert out["head"] == "fc_cb" and out["test_images"] == 3 and out["shot_rule"] == "released"
+    # fc's logits are minus the input: it predicts class 1 for the first image and class 0 for the others
+    assert out["top1_fc_cb"] == pytest.approx(200 / 3) and out["top1_fc"] == 0.0
     assert out["group_sizes"] == {"many": 1, "medium": 1, "few": 1}
     assert out["top1"] == pytest.approx(200 / 3) and out["per_class"][:2] == [100.0, 50.0]
     assert out["per_class"][2] is None and out["few"] is None  # no test image of class 2: no figure, not 0

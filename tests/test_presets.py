@@ -115,8 +115,8 @@ def test_test_py_help_has_evaluation_flags_only(capsys):
 
 def test_released_checkpoint_without_arch_gets_the_papers_network():
     args = test_script.get_args_parser().parse_args(["--dataset", "ImageNet-LT", "--resume", "x"])
-    from utils.presets import preset_arch
-    preset_arch(args)
+    from utils.presets import preset_network_and_crop
+    preset_network_and_crop(args)
     assert args.arch == "resnext50_32x4d"
 
 

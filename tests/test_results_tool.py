@@ -89,3 +89,40 @@ def test_incomplete_run_is_flagged(tmp_path, capsys):
 def test_no_runs_is_an_error(tmp_path, capsys):
     assert results_main([str(tmp_path)]) == 2
     assert str(tmp_path) in capsys.readouterr().err
+
+
+def test_a_copied_run_folder_counts_once(tmp_path):
+    import os
+    make_run(tmp_path, "a", 3407, [10.0, 10.5])
+    copy = make_run(tmp_path, "a-copy", 3407, [10.0, 12.0])
+    os.utime(copy / "metrics.jsonl", (2e9, 2e9))  # written last: the copy stands for seed 3407
+    make_run(tmp_path, "b", 1, [20.0, 30.0])
+    (row,) = table(tmp_path)
+    assert row["seeds"] == "3407,1" and row["repeated seeds"] == "3407 (2 runs)"
+    assert row["top-1 last"] == f"{statistics.mean([12, 30]):.2f} ± {statistics.stdev([12, 30]):.2f} (n=2)"
+
+
+def test_a_given_data_seed_keeps_a_sweep_in_one_row(tmp_path):
+    # main.py --seeds 1,2,3 --data_seed 1: the seed-1 run's data seed equals its seed, but was given
+    for seed in (1, 2, 3):
+        make_run(tmp_path, f"s{seed}", seed, [10.0 + seed], data_seed=1, given_flags=["data_seed", "seeds"])
+    make_run(tmp_path, "other", 1, [50.0], data_seed=1, given_flags=[])  # data seed followed the seed
+    rows = table(tmp_path)
+    assert sorted((r["data seed"], r["seeds"]) for r in rows) == [("1", "1,2,3"), ("= seed", "1")]
+
+
+def test_flag_sources_decide_whether_the_data_seed_was_given(tmp_path):
+    folder = make_run(tmp_path, "a", 2, [10.0], data_seed=2)
+    meta = json.loads((folder / "args.json").read_text())
+    (folder / "args.json").write_text(json.dumps({**meta, "flag_sources": {"data_seed": "given", "seed": "given"}}))
+    make_run(tmp_path, "b", 5, [10.0], data_seed=2)  # no record of given flags: fixed, as it differs from seed
+    rows = table(tmp_path)
+    assert [(r["data seed"], r["seeds"]) for r in rows] == [("2", "2,5")]
+
+
+def test_imbalance_factor_of_list_data_from_the_class_counts(tmp_path):
+    folder = make_run(tmp_path, "a", 1, [10.0], dataset="ImageNet-LT", imbanlance_rate=0.01)
+    meta = json.loads((folder / "args.json").read_text())
+    (folder / "args.json").write_text(json.dumps({**meta, "train_counts": [1280, 400, 20, 5]}))
+    (row,) = table(tmp_path)
+    assert row["IF"] == "256"

@@ -43,6 +43,22 @@ def cumulative_alpha(epoch: int, epochs: int) -> float:
     return 1.0 - (epoch / epochs) ** 2
 
 
+def evaluation_head(method: str, fixed_alpha: Optional[float], epochs: int) -> Tuple[str, str]:
+    """(head, why): the classifier the objective trains, which every evaluation of the run uses.
+
+    `fc_cb` for GLMC, as released. `fc` for the CE baseline, and whenever the re-balanced term's weight
+    1 - alpha is 0 in every epoch, so that `fc_cb` receives no gradient (weight decay only): --fixed_alpha 1,
+    or a one-epoch run of the cumulative schedule (alpha = 1 - (0/1)^2 = 1).
+    """
+    if method == "ce":
+        return "fc", "the CE baseline trains fc only"
+    if fixed_alpha is not None and fixed_alpha == 1.0:
+        return "fc", "--fixed_alpha 1 gives the re-balanced term weight 0, so fc_cb is never trained"
+    if fixed_alpha is None and epochs == 1:
+        return "fc", "in a one-epoch run alpha = 1 - (0/1)^2 = 1, so fc_cb is never trained"
+    return "fc_cb", "GLMC's re-balanced classifier, as released"
+
+
 def soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean over the batch of -sum_c t_c log softmax(logits)_c, in fp32."""
     return -(target * F.log_softmax(logits.float(), dim=1)).sum(dim=1).mean()

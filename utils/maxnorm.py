@@ -5,7 +5,8 @@ once, from the rows' norms before the stage, as min + thresh * (max - min);
 `project_rows_` scales the rows above it onto it and leaves biases alone.
 
 The "+ MaxNorm" rows of GLMC come from a second stage that re-trains only the
-classifier (`fc_cb`) with the network frozen. The GLMC authors' settings are
+classifier (`fc_cb`; a run evaluated with `fc`, such as the CE baseline, has
+`fc` re-trained) with the network frozen. The GLMC authors' settings are
 unpublished, so `StageOptions()` follows the weight-balancing authors' own
 second-stage demo (CIFAR-100-LT):
 
@@ -149,15 +150,16 @@ def feature_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: in
 
 def train_second_stage(model: nn.Module, epoch_batches: Callable[[int], Iterable[Tuple[torch.Tensor, torch.Tensor]]],
                        evaluate: Callable[[nn.Module], Dict], counts: Sequence[int], opts: StageOptions,
-                       device: torch.device, log: Callable[[str], None] = print) -> Dict:
-    """Re-train `model.fc_cb` with everything else frozen; evaluate after every epoch.
+                       device: torch.device, log: Callable[[str], None] = print, head_name: str = "fc_cb") -> Dict:
+    """Re-train the classifier `head_name` (the run's evaluation head: `fc_cb` for GLMC) with everything
+    else frozen; evaluate after every epoch.
 
     `epoch_batches(epoch)` yields (images, labels), or (features, labels) with
     `opts.inputs == "features"`. Returns the cap, the per-epoch history, the last
     epoch's figures, and the best epoch (by per-class-mean test accuracy, as the
     reference keeps it) with its figures and state_dict.
     """
-    head = model.fc_cb
+    head = getattr(model, head_name)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in head.parameters():

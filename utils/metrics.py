@@ -27,21 +27,27 @@ def shot_groups(train_counts: Sequence[int], rule: str = "released") -> Dict[str
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, k: int = 5, head: str = "fc_cb",
-            logit_shift: Optional[torch.Tensor] = None):
-    """(top-k predictions, targets) over the whole loader, with the evaluation forward of `head`
-    and `logit_shift` added to the logits (post-hoc logit adjustment)."""
+            logit_shift: Optional[torch.Tensor] = None, also: Sequence[str] = ()):
+    """(top-k predictions, targets, {head: top-1 predictions} for each head in `also`) over the whole loader,
+    with the evaluation forward of `head` and `logit_shift` added to its logits (post-hoc logit adjustment).
+    The heads in `also` share the backbone pass: each costs one matrix product more. No host sync per batch:
+    the predictions stay on the device until the loader is done."""
     model.eval()
-    preds, targets = [], []
+    preds, targets, others = [], [], {h: [] for h in also}
     for batch in loader:
         if batch is None:  # every image of the batch was undecodable and skipped
             continue
         images, labels = batch
-        logits = model(images.to(device, non_blocking=True), head=head)
+        outputs = model(images.to(device, non_blocking=True), head=(head, *also) if also else head)
+        logits, extra = (outputs[0], outputs[1:]) if also else (outputs, ())
         if logit_shift is not None:
             logits = logits.float() + logit_shift.to(logits.device)
-        preds.append(logits.float().topk(min(k, logits.shape[1]), dim=1).indices.cpu())
-        targets.append(labels.cpu())
-    return torch.cat(preds), torch.cat(targets)
+        preds.append(logits.float().topk(min(k, logits.shape[1]), dim=1).indices)
+        targets.append(labels)
+        for h, out in zip(also, extra):
+            others[h].append(out.float().argmax(dim=1))
+    return (torch.cat(preds).cpu(), torch.cat(targets).cpu(),
+            {h: torch.cat(p).cpu() for h, p in others.items()})
 
 
 def summarize(topk_preds: torch.Tensor, targets: torch.Tensor, train_counts: Sequence[int],
@@ -73,11 +79,16 @@ def summarize(topk_preds: torch.Tensor, targets: torch.Tensor, train_counts: Seq
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, train_counts: Sequence[int],
-             rule: str = "released", head: str = "fc_cb", world: World = World()) -> Dict:
-    """Figures over the whole test set; under torchrun each rank predicts its shard and all are gathered."""
-    parts = gather_objects(world, predict(model, loader, device, head=head))
-    preds, targets = torch.cat([p for p, _ in parts]), torch.cat([t for _, t in parts])
-    return {**summarize(preds, targets, train_counts, rule), "head": head, "test_images": len(targets)}
+             rule: str = "released", head: str = "fc_cb", world: World = World(), also: Sequence[str] = ()) -> Dict:
+    """Figures of `head` over the whole test set, and `top1_<h>` of `head` and of each head in `also`;
+    under torchrun each rank predicts its shard and all are gathered."""
+    parts = gather_objects(world, predict(model, loader, device, head=head, also=also))
+    preds, targets = torch.cat([p for p, _, _ in parts]), torch.cat([t for _, t, _ in parts])
+    result = {**summarize(preds, targets, train_counts, rule), "head": head, "test_images": len(targets)}
+    result[f"top1_{head}"] = result["top1"]
+    for h in also:
+        result[f"top1_{h}"] = 100.0 * float((torch.cat([o[h] for _, _, o in parts]) == targets).double().mean())
+    return result
 
 
 def format_group(value: Optional[float]) -> str:

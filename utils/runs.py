@@ -62,11 +62,13 @@ def code_version() -> Optional[str]:
 
 
 def describe_run(args: argparse.Namespace, train_counts: List[int], class_names: Optional[List[str]],
-                 train_fingerprint: str, variant: str, eval_head: str, world_size: int,
+                 train_fingerprint: str, variant: str, eval_head: Tuple[str, str], world_size: int,
                  flag_sources: Optional[Dict[str, str]] = None) -> Dict:
-    """Everything that defines a run: written to args.json and into every checkpoint. `flag_sources` says
-    where each value came from: 'given', 'preset' (the paper's value for the data set) or 'default'."""
-    return {"args": dict(vars(args)), "variant": variant, "eval_head": eval_head, "world_size": world_size,
+    """Everything that defines a run: written to args.json and into every checkpoint. `eval_head` is
+    (the classifier every evaluation of the run uses, why); `flag_sources` says where each value came
+    from: 'given', 'preset' (the paper's value for the data set) or 'default'."""
+    return {"args": dict(vars(args)), "variant": variant, "eval_head": eval_head[0],
+            "eval_head_reason": eval_head[1], "world_size": world_size,
             "train_counts": list(train_counts), "class_names": class_names, "train_fingerprint": train_fingerprint,
             "code_version": code_version(), "flag_sources": dict(flag_sources or {})}
 
@@ -79,6 +81,19 @@ def checkpoint_description(checkpoint: Dict) -> Optional[Dict]:
     if "args" in checkpoint:
         return {"args": checkpoint["args"], "train_counts": checkpoint.get("train_counts")}
     return None
+
+
+def run_head(description: Optional[Dict]) -> Tuple[str, str]:
+    """(head, why) a checkpoint is evaluated with: its run's evaluation head; `fc_cb` for a released
+    checkpoint (no description), as the released code evaluates."""
+    if not description:
+        return "fc_cb", "a checkpoint without a run description (released): fc_cb, as the released code evaluates"
+    if description.get("eval_head"):
+        return description["eval_head"], ("the run's evaluation head: "
+                                           + description.get("eval_head_reason", "recorded in the checkpoint"))
+    method = description.get("args", {}).get("method", "glmc")
+    return ("fc", "the run's evaluation head: the CE baseline trains fc only") if method == "ce" else \
+        ("fc_cb", "the run's evaluation head: GLMC's re-balanced classifier, as released")
 
 
 def stored_value(stored_args: Dict, dest: str):
@@ -228,6 +243,17 @@ def run_folder_of(checkpoint_path: str) -> Optional[str]:
     """The run folder a checkpoint belongs to (None for a checkpoint outside any run folder)."""
     folder = os.path.dirname(os.path.abspath(checkpoint_path))
     return folder if os.path.isfile(os.path.join(folder, "args.json")) else None
+
+
+def report_folder(checkpoint_path: str, checkpoint: Dict) -> Optional[str]:
+    """Where evaluation reports of a checkpoint go (their eval/ sub-folder): the run folder that holds it,
+    else the run folder its description names (checkpoints kept apart with --root_model), if it still
+    exists; None for a checkpoint of no run folder."""
+    folder = run_folder_of(checkpoint_path)
+    if folder:
+        return folder
+    recorded = checkpoint.get("run_dir")
+    return recorded if recorded and os.path.isfile(os.path.join(recorded, "args.json")) else None
 
 
 # ---------------------------------------------------------------- lock and leftovers
