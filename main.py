@@ -31,7 +31,8 @@ from models.args import add_model_args, check_model_args
 from utils.checkpoint import first_non_finite, load_weights, read_checkpoint, save_checkpoint, unwrap
 from utils.config import (FlagTrackingParser, add_run_args, check_run_args, command_line, run_cli,
                           select_device)
-from utils.distributed import World, any_rank, broadcast_object, close_world, init_world
+from utils.distributed import (World, any_rank, broadcast_object, close_world, elastic_job, elastic_restarts,
+                               init_world, main_rank_first)
 from utils.errors import EXIT_DIVERGED, RunStopped, UsageError, WriteFailed
 from utils.interrupt import StopRequest
 from utils.losses import LossOptions, cumulative_alpha, evaluation_head, log_class_prior
@@ -42,9 +43,9 @@ from utils.progress import DivergenceWatch, EpochProgress, format_duration, rema
 from utils.rng import restore_rng_states, rng_states, seed_everything
 from utils.run_log import RunLog, library_versions, write_json
 from utils.runs import (RunLock, adopt_checkpoint_args, append_metrics, check_resumable, check_training_set,
-                        checkpoint_description,
-                        defining_flags, describe_run, new_run_folder, remove_temporaries, repair_records,
-                        resume_checkpoint_path, resumed_folders, run_folder_name, variant_tag)
+                        checkpoint_description, defining_flags, describe_run, elastic_run_to_continue,
+                        forget_elastic_runs, new_run_folder, remember_elastic_run, remove_temporaries,
+                        repair_records, resume_checkpoint_path, resumed_folders, run_folder_name, variant_tag)
 from utils.schedule import build_scheduler, lr_per_epoch, summarize_lr
 from utils.speed import grad_scaler, prepare_model
 from utils.train_step import COMPILE_MODES, CEStep, GLMCStep, train_step
@@ -340,6 +341,8 @@ def open_run_folder(args, checkpoint: Optional[Dict], world: World):
         run_dir = broadcast_object(world, new_run_folder(args.root_log, run_folder_name(args, args.dataset in
                                                                                         CIFAR_INFO))
                                    if world.is_main else None)
+        if world.is_main and elastic_job():
+            remember_elastic_run(args.root_log, elastic_job(), args.seed, run_dir)
         ckpt_dir = os.path.join(args.root_model, os.path.basename(run_dir)) if args.root_model else run_dir
     lock = RunLock(run_dir)
     if world.is_main:
@@ -373,9 +376,12 @@ def close_finished_run(args: argparse.Namespace, checkpoint: Dict) -> None:
           f"{checkpoint['best_acc1']:.2f}); nothing to resume")
 
 
-def main(args: argparse.Namespace) -> Optional[Dict]:
+def main(args: argparse.Namespace, world: Optional[World] = None) -> Optional[Dict]:
+    """One run; `world` is the process group when the caller holds it (several seeds under torchrun)."""
     sources = apply_paper_presets(args)  # a resumed run then takes every setting from its checkpoint
     check_args(args)
+    if world is not None:
+        return train(args, world, sources)
     world = init_world()
     try:
         return train(args, world, sources)
@@ -383,10 +389,24 @@ def main(args: argparse.Namespace) -> Optional[Dict]:
         close_world(world)
 
 
+def continue_after_restart(args: argparse.Namespace, world: World) -> None:
+    """Under `torchrun --max_restarts N`: a restarted worker group continues the run folder the first
+    group started for this seed (from its last checkpoint), with no --resume on the command line."""
+    job = elastic_job()
+    if not world.enabled or job is None or elastic_restarts() == 0 or args.resume:
+        return
+    folder = broadcast_object(world, elastic_run_to_continue(args.root_log, job, args.seed) if world.is_main else None)
+    if folder:
+        args.resume = folder
+        if world.is_main:
+            print(f"torchrun restart {elastic_restarts()}: continuing {folder} from its last checkpoint")
+
+
 def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Optional[Dict]:
     if args.batch_size % world.size:
         raise UsageError(f"-b/--batch_size {args.batch_size} (the global batch) is not divisible by the "
                          f"{world.size} processes")
+    continue_after_restart(args, world)
     checkpoint = read_resume_checkpoint(args, world.size)
     if checkpoint:
         sources = (checkpoint_description(checkpoint) or {}).get("flag_sources", {})
@@ -397,7 +417,8 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
         return None
     seed_everything(args.seed)
     device = select_device(world.local_rank if world.enabled and torch.cuda.is_available() else args.gpu)
-    data = build_data(args, views=1 if args.method == "ce" else 2)
+    data = main_rank_first(world, lambda: build_data(args, views=1 if args.method == "ce" else 2),
+                           "reading (or downloading) the data")
     args.num_classes = data.num_classes
     description = describe_run(args, data.train_counts, data.class_names, data.fingerprint, variant_tag(args),
                                evaluation_head(args.method, args.fixed_alpha, args.epochs), world.size, sources)
@@ -536,18 +557,25 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
 
 
 def main_seeds(args: argparse.Namespace) -> None:
-    """`--seeds 1,2,3`: the same configuration once per seed, into sibling run folders."""
+    """`--seeds 1,2,3`: the same configuration once per seed, into sibling run folders. Under torchrun
+    the process group is set up once for all seeds."""
     if not args.seeds:
-        main(args)
-        return
+        seeds = [args.seed]
+    else:
+        try:
+            seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 1,2,3") from None
+        if args.resume:
+            raise UsageError("--seeds cannot be combined with --resume; resume each run folder on its own")
+    world = init_world()
     try:
-        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
-    except ValueError:
-        raise UsageError(f"--seeds {args.seeds!r} must be comma-separated integers, e.g. 1,2,3") from None
-    if args.resume:
-        raise UsageError("--seeds cannot be combined with --resume; resume each run folder on its own")
-    for seed in seeds:  # the data seed follows each seed unless --data_seed fixed it
-        main(argparse.Namespace(**{**vars(args), "seed": seed}))
+        for seed in seeds:  # the data seed follows each seed unless --data_seed fixed it
+            main(argparse.Namespace(**{**vars(args), "seed": seed}), world)
+        if world.is_main and elastic_job():
+            forget_elastic_runs(args.root_log, elastic_job(), seeds)
+    finally:
+        close_world(world)
 
 
 if __name__ == "__main__":

@@ -169,7 +169,9 @@ def test_test_py_takes_the_groups_of_the_checkpoints_training_set(tmp_path, caps
     assert code == 0, err
     assert "3 many, 6 medium, 1 few-shot classes" in out
     assert os.path.join(run_dir, "ckpt.best.pth.tar") in out  # says which file the folder meant
-    report = json.load(open(os.path.join(run_dir, "eval", "best-fc_cb.json")))
+    # one epoch of the cumulative schedule never trains fc_cb: the run, and test.py, evaluate fc
+    assert "classifier fc: the run's evaluation head: in a one-epoch run" in out
+    report = json.load(open(os.path.join(run_dir, "eval", "best-fc.json")))
     assert report["group_sizes"] == {"many": 3, "medium": 6, "few": 1}
     assert report["train_counts"] == [200, 154, 119, 92, 71, 55, 43, 33, 25, 20]
     # a flag that contradicts the checkpoint names both values

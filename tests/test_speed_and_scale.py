@@ -87,7 +87,7 @@ def test_amp_and_channels_last_take_effect(data_root, tmp_path, extra):
         if "bf16" in extra:
             assert record["balance"] == pytest.approx(reference["balance"], rel=0.05)
     else:
-        assert record["balance"] == pytest.approx(reference["balance"], rel=1e-4)
+        assert record["balance"] == pytest.approx(reference["balance"], rel=1e-3)  # rounding, over 5 steps
 
 
 def crop_flip_variants(image_hwc: np.ndarray, mean, std) -> torch.Tensor:

@@ -4,13 +4,16 @@
 plain `python main.py` is a world of one and none of this does anything.
 """
 import os
+import socket
 from dataclasses import dataclass
-from typing import Any, List
+from typing import Any, Callable, List, Optional, TypeVar
 
 import torch
 import torch.distributed as dist
 
 from utils.errors import UsageError
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -33,7 +36,9 @@ def init_world() -> World:
 
     On GPUs each process first makes its own GPU (LOCAL_RANK) the current device and names it to
     the process group: the object collectives put their tensors on the current device, and with
-    every process on cuda:0 NCCL fails or hangs.
+    every process on cuda:0 NCCL fails or hangs. The group's keys go under a prefix of the worker
+    group's restart count: torchrun's static rendezvous keeps one store for every restart, and a
+    restarted group could otherwise read the addresses the lost group published and hang on them.
     """
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
@@ -41,14 +46,17 @@ def init_world() -> World:
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     if dist.is_initialized():
         return world
+    store, _, _ = next(dist.rendezvous("env://"))
+    store = dist.PrefixStore(f"glmc/restart{elastic_restarts()}", store)
     if not torch.cuda.is_available():
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", store=store, rank=world.rank, world_size=size)
         return world
     if world.local_rank >= torch.cuda.device_count():
         raise UsageError(f"torchrun started more processes per node than this machine has GPUs "
                          f"({torch.cuda.device_count()}); lower --nproc_per_node")
     torch.cuda.set_device(world.local_rank)
-    dist.init_process_group("nccl", device_id=torch.device("cuda", world.local_rank))
+    dist.init_process_group("nccl", store=store, rank=world.rank, world_size=size,
+                            device_id=torch.device("cuda", world.local_rank))
     return world
 
 
@@ -82,3 +90,37 @@ def any_rank(world: World, flags: List[bool], device: torch.device) -> List[bool
     t = torch.tensor([1.0 if f else 0.0 for f in flags], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
+
+
+def main_rank_first(world: World, fn: Callable[[], T], what: str) -> T:
+    """`fn()` on rank 0 first, then on the other ranks, which wait: what rank 0 downloads or writes (CIFAR
+    when it is missing), the others find in place, and no two processes write the same files. When rank 0
+    fails, the others stop too, naming its error."""
+    if not world.enabled:
+        return fn()
+    if world.is_main:
+        try:
+            result = fn()
+        except BaseException as exc:
+            broadcast_object(world, f"{exc.__class__.__name__}: {exc}")
+            raise
+        broadcast_object(world, None)
+        return result
+    failure = broadcast_object(world, None)
+    if failure:
+        raise UsageError(f"process 0 failed while {what} ({failure.splitlines()[0]})")
+    return fn()
+
+
+def elastic_job() -> Optional[str]:
+    """A name that a torchrun job's worker groups share across restarts (`--max_restarts`): the host, the
+    elastic agent's process id and the rendezvous id; None outside torchrun. Single-node jobs only:
+    on several nodes rank 0 may be on another node after a restart."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ:
+        return None
+    return f"{socket.gethostname()}-{os.getppid()}-{os.environ['TORCHELASTIC_RUN_ID']}"
+
+
+def elastic_restarts() -> int:
+    """How often torchrun has restarted this job's worker group (0 for the first start)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))

@@ -2,10 +2,11 @@
 
 The network runs one forward pass on PyTorch's `meta` device (shapes only: no memory and no
 arithmetic, under a second even for ResNeXt-50 at 224 px) inside `saved_tensors_hooks`, which is
-handed every tensor autograd saves for the backward pass; each storage is counted once. Then
+handed every tensor autograd saves for the backward pass; each storage is counted once, and the
+parameters and buffers (which layers also save) are left to the last term. Then
 
     saved activations per image x images forwarded per step (GLMC: both mixes of the batch; CE: one view)
-  + the step's input images (GLMC: four views and two mixes; CE: one view)
+  + the step's other input images (GLMC: the four views the mixes are made of)
   + parameters, their gradients and the SGD momentum (three fp32 copies)
 
 is the estimate. With --amp the pass runs in the half-precision type, as autocast runs the
@@ -32,11 +33,13 @@ def saved_activation_bytes(build: Callable[[], nn.Module], image_size: int, dtyp
     with torch.device("meta"):
         model = build().to(dtype).train()
         x = torch.empty(batch, 3, image_size, image_size, dtype=dtype)
+    own = {t.untyped_storage()._cdata for t in [*model.parameters(), *model.buffers()]}
     storages = {}
 
     def keep(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
-        storages[storage._cdata] = max(storages.get(storage._cdata, 0), storage.nbytes())
+        if storage._cdata not in own:
+            storages[storage._cdata] = max(storages.get(storage._cdata, 0), storage.nbytes())
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
@@ -68,9 +71,9 @@ def estimate_training_memory(build: Callable[[], nn.Module], image_size: int, ba
     dtype = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
     with torch.device("meta"):
         parameters = sum(p.numel() for p in build().parameters())
-    forwards, images = (2, 6) if glmc else (1, 1)  # GLMC: two mixes; inputs a1, a2, b1, b2 and the mixes
+    forwards, views = (2, 4) if glmc else (1, 0)  # GLMC: two mixes of a1, a2, b1, b2; CE: the view is the input
     return MemoryEstimate(saved_activation_bytes(build, image_size, dtype), forwards * batch,
-                          images * batch * 3 * image_size ** 2 * 4, 3 * 4 * parameters)
+                          views * batch * 3 * image_size ** 2 * 4, 3 * 4 * parameters)
 
 
 def device_memory(device: torch.device) -> int:

@@ -256,6 +256,50 @@ def report_folder(checkpoint_path: str, checkpoint: Dict) -> Optional[str]:
     return recorded if recorded and os.path.isfile(os.path.join(recorded, "args.json")) else None
 
 
+# ---------------------------------------------------------------- torchrun restarts
+
+ELASTIC_MARKERS = ".torchrun"  # under --root_log: the run folder of each seed of a running torchrun job
+
+
+def _elastic_marker(root_log: str, job: str, seed: int) -> str:
+    return os.path.join(root_log, ELASTIC_MARKERS, f"{job}-seed{seed}.json")
+
+
+def remember_elastic_run(root_log: str, job: str, seed: int, run_dir: str) -> None:
+    """Note the run folder a torchrun job started for `seed`, so that a restarted worker group finds it."""
+    path = _elastic_marker(root_log, job, seed)
+    with writing(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path + ".tmp", "w") as f:
+            json.dump({"run_dir": os.path.abspath(run_dir)}, f)
+        os.replace(path + ".tmp", path)
+
+
+def elastic_run_to_continue(root_log: str, job: str, seed: int) -> Optional[str]:
+    """The run folder an earlier worker group of this torchrun job started for `seed`, if it has a
+    checkpoint to continue from (a group lost in its first epoch starts a new folder)."""
+    try:
+        with open(_elastic_marker(root_log, job, seed)) as f:
+            folder = json.load(f)["run_dir"]
+        resume_checkpoint_path(folder)
+    except (OSError, ValueError, KeyError, TypeError, UsageError):
+        return None
+    return folder
+
+
+def forget_elastic_runs(root_log: str, job: str, seeds: Iterable[int]) -> None:
+    """Remove the job's notes once every seed is done; the folder goes when it is empty."""
+    for seed in seeds:
+        try:
+            os.remove(_elastic_marker(root_log, job, seed))
+        except OSError:
+            pass
+    try:
+        os.rmdir(os.path.join(root_log, ELASTIC_MARKERS))
+    except OSError:
+        pass
+
+
 # ---------------------------------------------------------------- lock and leftovers
 
 def _pid_alive(pid: int) -> bool:

@@ -1,0 +1,115 @@
+"""torchrun on the CPU (gloo): one process group for every seed, rank 0 first at the data, and a worker
+group restarted by `--max_restarts` continuing its run folder by itself."""
+import glob
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from tests.conftest import ROOT, TINY_TRAIN, write_cifar
+from utils import runs
+from utils.distributed import World, main_rank_first
+from utils.errors import UsageError
+
+
+def _rank_zero_first(rank, init_file, marker, fail, results):
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    world = World(rank, 2, rank)
+
+    def build():
+        if rank == 0:
+            if fail:
+                raise OSError("no network")
+            with open(marker, "w") as f:
+                f.write("downloaded")
+            return "rank 0 built"
+        return f"rank 1 found {open(marker).read()}"  # only after rank 0 is done
+
+    try:
+        results[rank] = main_rank_first(world, build, "downloading")
+    except (OSError, UsageError) as exc:
+        results[rank] = f"{exc.__class__.__name__}: {exc}"
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fail", [False, True])
+def test_rank_zero_builds_first_and_its_failure_stops_the_others(tmp_path, fail):
+    results = mp.Manager().dict()
+    mp.spawn(_rank_zero_first, args=(str(tmp_path / "init"), str(tmp_path / "marker"), fail, results), nprocs=2)
+    if fail:
+        assert results[0] == "OSError: no network"
+        assert results[1] == "UsageError: process 0 failed while downloading (OSError: no network)"
+    else:
+        assert results[0] == "rank 0 built" and results[1] == "rank 1 found downloaded"
+
+
+def test_restart_notes_name_the_run_folder_only_once_it_has_a_checkpoint(tmp_path):
+    run_dir = tmp_path / "runs" / "a"
+    run_dir.mkdir(parents=True)
+    (run_dir / "args.json").write_text("{}")
+    runs.remember_elastic_run(str(tmp_path / "runs"), "job", 1, str(run_dir))
+    assert runs.elastic_run_to_continue(str(tmp_path / "runs"), "job", 1) is None  # nothing to continue yet
+    (run_dir / "ckpt.pth.tar").write_bytes(b"")
+    assert runs.elastic_run_to_continue(str(tmp_path / "runs"), "job", 1) == str(run_dir)
+    assert runs.elastic_run_to_continue(str(tmp_path / "runs"), "job", 2) is None  # another seed
+    assert runs.elastic_run_to_continue(str(tmp_path / "runs"), "other job", 1) is None
+    runs.forget_elastic_runs(str(tmp_path / "runs"), "job", [1, 2])
+    assert os.listdir(tmp_path / "runs") == ["a"]
+
+
+def torchrun(root_log, data_root, kill_rank=None, kill_at=None, after=None):
+    """`torchrun --nproc_per_node=2 --max_restarts 1 main.py ... --seeds 1,2`; with `kill_at`, SIGKILL the
+    worker of rank `kill_rank` when rank 0 prints a line starting so (after a line starting with `after`).
+    Returns the output."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--max_restarts", "1",
+           os.path.join(ROOT, "main.py"), *TINY_TRAIN, "--root", data_root, "--epochs", "2", "--seeds", "1,2",
+           "--root_log", str(root_log)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lines, killed, armed = [], False, after is None
+    for line in proc.stdout:
+        lines.append(line)
+        armed = armed or line.startswith(after)
+        if kill_at and armed and not killed and line.startswith(kill_at):
+            children = subprocess.run(["ps", "-o", "pid=", "--ppid", str(proc.pid)], capture_output=True,
+                                      text=True).stdout.split()
+            for pid in map(int, children):
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    if f"RANK={kill_rank}".encode() in f.read().split(b"\0"):
+                        os.kill(pid, signal.SIGKILL)
+                        killed = True
+    assert proc.wait(timeout=600) == 0, "".join(lines[-30:])
+    assert killed or not kill_at
+    return "".join(lines)
+
+
+def final_weights(root_log):
+    out = {}
+    for path in glob.glob(os.path.join(str(root_log), "*", "ckpt.pth.tar")):
+        checkpoint = torch.load(path, weights_only=False)
+        out[checkpoint["run"]["args"]["seed"]] = (checkpoint["epoch"], checkpoint["state_dict"])
+    return out
+
+
+@pytest.mark.slow
+def test_a_killed_worker_costs_part_of_an_epoch_and_changes_nothing(tmp_path):
+    data_root = str(tmp_path / "data")
+    write_cifar(data_root, train_per_class=60, test_per_class=2)  # 240 images: 8 steps per process and epoch
+    torchrun(tmp_path / "whole", data_root)
+    # seed 1 done; seed 2 loses its worker of rank 1 in its second epoch
+    out = torchrun(tmp_path / "killed", data_root, kill_rank=1, kill_at="epoch 2/2 step 4/", after="done:")
+    assert "torchrun restart 1: continuing" in out and "continuing at epoch 2" in out
+    assert "is finished (2/2 epochs" in out  # the restarted group passes over seed 1
+    assert len(os.listdir(tmp_path / "killed")) == 2  # no third folder, no restart notes left
+    whole, killed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed")
+    assert sorted(whole) == sorted(killed) == [1, 2]
+    for seed in (1, 2):
+        assert whole[seed][0] == killed[seed][0] == 2
+        assert all(torch.equal(whole[seed][1][k], killed[seed][1][k]) for k in whole[seed][1])
