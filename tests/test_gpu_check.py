@@ -42,6 +42,7 @@ def smoke(out_dir, *flags):
 
 def two_epoch_seconds(tmp_path):
     """Wall time of the smoke's README run for 2 epochs on this machine, start-up included."""
+    tmp_path.mkdir()
     archive = str(tmp_path / "tiny.tar.gz")
     gpu_check.write_tiny_archive(archive)
     root = str(tmp_path / "data")

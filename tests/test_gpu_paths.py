@@ -30,11 +30,13 @@ def test_each_process_sets_its_gpu_before_the_process_group(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "set_device", lambda index: calls.append(("set_device", index)))
     monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed, "group_store", lambda: "store")
     monkeypatch.setattr(distributed.dist, "init_process_group",
-                        lambda backend, **kw: calls.append(("init_process_group", backend, kw.get("device_id"))))
+                        lambda backend, **kw: calls.append(("init_process_group", backend, kw.get("device_id"),
+                                                            kw.get("store"))))
     world = distributed.init_world()
     assert (world.rank, world.size, world.local_rank) == (3, 4, 1)
-    assert calls == [("set_device", 1), ("init_process_group", "nccl", torch.device("cuda", 1))]
+    assert calls == [("set_device", 1), ("init_process_group", "nccl", torch.device("cuda", 1), "store")]
 
 
 def test_more_processes_per_node_than_gpus_is_a_usage_error(monkeypatch):
@@ -108,6 +110,7 @@ def test_stop_requests_are_exchanged_only_at_progress_lines_under_torchrun(tmp_p
     monkeypatch.setattr(progress, "any_rank", counting("divergence"))
     monkeypatch.setattr(train_script, "init_world", lambda: train_script.World(0, 2, 0))
     monkeypatch.setattr(train_script, "broadcast_object", lambda world, obj: obj)
+    monkeypatch.setattr(train_script, "main_rank_first", lambda world, build, what: build())
     monkeypatch.setattr(train_script, "prepare_model", lambda model, device, world, *a, **kw: model.to(device))
     monkeypatch.setattr(train_script, "evaluate", lambda *a, **kw: {
         "top1": 50.0, "top5": 90.0, "many": None, "medium": None, "few": 50.0, "test_images": 30})

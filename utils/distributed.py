@@ -46,18 +46,22 @@ def init_world() -> World:
     world = World(int(os.environ["RANK"]), size, int(os.environ.get("LOCAL_RANK", "0")))
     if dist.is_initialized():
         return world
-    store, _, _ = next(dist.rendezvous("env://"))
-    store = dist.PrefixStore(f"glmc/restart{elastic_restarts()}", store)
     if not torch.cuda.is_available():
-        dist.init_process_group("gloo", store=store, rank=world.rank, world_size=size)
+        dist.init_process_group("gloo", store=group_store(), rank=world.rank, world_size=size)
         return world
     if world.local_rank >= torch.cuda.device_count():
         raise UsageError(f"torchrun started more processes per node than this machine has GPUs "
                          f"({torch.cuda.device_count()}); lower --nproc_per_node")
     torch.cuda.set_device(world.local_rank)
-    dist.init_process_group("nccl", store=store, rank=world.rank, world_size=size,
+    dist.init_process_group("nccl", store=group_store(), rank=world.rank, world_size=size,
                             device_id=torch.device("cuda", world.local_rank))
     return world
+
+
+def group_store() -> dist.Store:
+    """torchrun's store (env://) under a prefix of this worker group's restart count."""
+    store, _, _ = next(dist.rendezvous("env://"))
+    return dist.PrefixStore(f"glmc/restart{elastic_restarts()}", store)
 
 
 def close_world(world: World) -> None:
