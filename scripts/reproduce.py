@@ -1,0 +1,356 @@
+"""Reproduce one of the paper's tables: every row, several seeds, on the GPUs present, beside the published numbers.
+
+    python scripts/reproduce.py cifar10-lt --seeds 3 --root data
+    python scripts/reproduce.py cifar100-lt --seed_list 1,2,3 --gpus 0,1 --per_gpu 2 --out runs/c100
+    python scripts/reproduce.py cifar10-lt --seeds 2 --extra "--width 16 --epochs 3" --root data   # a CPU try-out
+    python scripts/reproduce.py imagenet-lt --root /data/imagenet --gpus 0,1,2,3,4,5,6,7
+
+Tables: cifar10-lt, cifar100-lt (IF 100, 50, 10; the paper's original split, the
+updated split, + MaxNorm), imagenet-lt (GLMC, + BS), inat2018, and cifar-lt-standard
+(both CIFAR data sets with ResNet-32 at width 16 and the Cao et al. split, the protocol
+most long-tailed papers use; no published GLMC figures). Each run is a normal
+`main.py` process with its own run folder `OUT/runs/<row>-<column>-s<seed>`; a "+ MaxNorm"
+cell runs `scripts/maxnorm_stage.py` on the same row's updated runs (nothing is trained
+twice). One queue per GPU, --per_gpu runs at once on each; ImageNet-LT and iNat runs take
+every listed GPU through torchrun, one at a time. With no GPU the runs go to the CPU.
+
+The same command again skips finished runs, resumes unfinished ones from their
+checkpoints and starts the rest; Ctrl-C or SIGTERM stops every run cleanly and prints the
+command that continues. The result goes to OUT/table.md, OUT/table.csv and OUT/table.png.
+"""
+import argparse
+import csv
+import json
+import os
+import shlex
+import shutil
+import statistics
+import sys
+from typing import Dict, List, Optional
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import torch  # noqa: E402
+
+from scripts.maxnorm_stage import get_args_parser as stage_parser, stage_options, variant_slug  # noqa: E402
+from scripts.results import read_run  # noqa: E402
+from utils.errors import UsageError  # noqa: E402
+from utils.figures import plot_reproduction  # noqa: E402
+from utils.paper_tables import MAXNORM, TABLES, Cell, Row, Table  # noqa: E402
+from utils.runs import LATEST, read_metrics  # noqa: E402
+from utils.sweep import DONE, FAILED, Job, Sweep  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MANIFEST = "reproduce.json"
+BEST_NOTE = ("top-1 best is the best test accuracy over epochs (chosen on the test set, as the released code and the "
+             "published figures do); top-1 last is the last epoch's")
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    parser.add_argument("table", help="one of: " + ", ".join(TABLES))
+    seeds = parser.add_mutually_exclusive_group()
+    seeds.add_argument("--seeds", type=int, default=None, help="seeds 1..N (default 3)")
+    seeds.add_argument("--seed_list", default=None, help="comma-separated seeds, e.g. 1,2,3")
+    parser.add_argument("--gpus", default=None, help="GPU indices, e.g. 0,1 (default: every GPU; the CPU if none)")
+    parser.add_argument("--per_gpu", type=int, default=1, help="runs at once per GPU (or on the CPU) (default 1)")
+    parser.add_argument("--out", default=None, help="folder of the sweep (default: runs/reproduce/TABLE)")
+    parser.add_argument("--root", default="data", help="data root given to every run (default: data)")
+    parser.add_argument("--extra", default="", help="flags added to every main.py command, e.g. \"--epochs 3\"")
+    parser.add_argument("--maxnorm_extra", default="", help="flags added to every MaxNorm stage, e.g. \"--epochs 2\"")
+    parser.add_argument("--rows", default=None, help="comma-separated row names, to run part of the table "
+                                                     "(default: every row; --dry_run lists them)")
+    parser.add_argument("--progress_every", type=float, default=60.0, help="seconds between progress lines (60)")
+    parser.add_argument("--dry_run", action="store_true", help="list the runs, their state and commands; run nothing")
+    return parser
+
+
+def seed_list(args) -> List[int]:
+    if args.seed_list:
+        try:
+            seeds = [int(s) for s in args.seed_list.split(",") if s.strip()]
+        except ValueError:
+            raise UsageError(f"--seed_list {args.seed_list!r} must be comma-separated integers") from None
+    else:
+        seeds = list(range(1, (args.seeds or 3) + 1))
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise UsageError("the seeds must be distinct and at least one")
+    return seeds
+
+
+def devices(gpus: Optional[str]) -> List[Optional[int]]:
+    count = torch.cuda.device_count()
+    if gpus is None:
+        return list(range(count)) or [None]
+    try:
+        wanted = [int(g) for g in gpus.split(",") if g.strip()]
+    except ValueError:
+        raise UsageError(f"--gpus {gpus!r} must be comma-separated GPU indices, e.g. 0,1") from None
+    missing = [g for g in wanted if not 0 <= g < count]
+    if missing or not wanted:
+        raise UsageError(f"--gpus {gpus}: this machine has {count} GPU(s)"
+                         + (f" (indices 0 to {count - 1})" if count else "; leave --gpus out to run on the CPU"))
+    return wanted
+
+
+def chosen_rows(table: Table, rows: Optional[str]) -> List[Row]:
+    if not rows:
+        return list(table.rows)
+    names = [r.strip() for r in rows.split(",") if r.strip()]
+    unknown = [n for n in names if n not in {r.name for r in table.rows}]
+    if unknown:
+        raise UsageError(f"--rows: {', '.join(unknown)} not in {table.name}; its rows: "
+                         + ", ".join(r.name for r in table.rows))
+    return [r for r in table.rows if r.name in names]
+
+
+def check_out_folder(out: str, args, seeds: List[int]) -> Dict:
+    """The sweep's manifest; a folder holding another table's sweep, or one made with other flags, stops."""
+    path = os.path.join(out, MANIFEST)
+    settings = {"table": args.table, "extra": args.extra, "maxnorm_extra": args.maxnorm_extra}
+    if os.path.isfile(path):
+        with open(path) as f:
+            manifest = json.load(f)
+        for key, value in settings.items():
+            if manifest.get(key) != value:
+                raise UsageError(f"--out {out!r} holds a sweep made with {key} {manifest.get(key)!r}, not {value!r}: "
+                                 "use another --out, or the same settings to continue it")
+        return manifest
+    runs = os.path.join(out, "runs")
+    names = {f"{row.name}-{cell.column}" for row in TABLES[args.table].rows for cell in row.cells}
+    if os.path.isdir(runs):
+        foreign = [n for n in os.listdir(runs) if n.rsplit("-s", 1)[0] not in names]
+        if foreign:
+            raise UsageError(f"--out {out!r} holds runs of another table ({', '.join(sorted(foreign)[:3])}); "
+                             "use another --out")
+    return {**settings, "seconds": {}}
+
+
+def last_flag(argv: List[str], flag: str) -> Optional[str]:
+    values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
+    return values[-1] if values else None
+
+
+def run_finished(run_dir: str) -> bool:
+    try:
+        with open(os.path.join(run_dir, "args.json")) as f:
+            epochs = json.load(f)["args"]["epochs"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return any(r["epoch"] == epochs for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")))
+
+
+def stage_reports(run_dir: str, maxnorm_extra: str) -> Dict[str, str]:
+    """{'last': path, 'best': path} of the MaxNorm stage's reports on the run's best checkpoint."""
+    slug = variant_slug(stage_options(stage_parser().parse_args(["--resume", run_dir, *shlex.split(maxnorm_extra)])))
+    return {w: os.path.join(run_dir, "eval", f"maxnorm-best-{slug}-{w}.json") for w in ("last", "best")}
+
+
+def make_jobs(table: Table, rows: List[Row], seeds: List[int], args, out: str) -> List[Job]:
+    runs, logs, jobs = os.path.join(out, "runs"), os.path.join(out, "logs"), []
+    extra = shlex.split(args.extra)
+    for row in rows:
+        for seed in seeds:
+            for cell in row.cells:
+                name = f"{row.name}-{cell.column}-s{seed}"
+                if cell.is_stage:
+                    base = os.path.join(runs, f"{row.name}-{cell.flags}-s{seed}")
+                    job = Job(name, [os.path.join(REPO, "scripts", "maxnorm_stage.py"), "--resume", base, "--root",
+                                     args.root, *shlex.split(args.maxnorm_extra)], os.path.join(logs, name + ".log"),
+                              needs=f"{row.name}-{cell.flags}-s{seed}")
+                    if all(os.path.isfile(p) for p in stage_reports(base, args.maxnorm_extra).values()):
+                        job.state = DONE
+                    jobs.append(job)
+                    continue
+                run_dir = os.path.join(runs, name)
+                argv = [os.path.join(REPO, "main.py"), *shlex.split(cell.flags), *extra, "--seed", str(seed),
+                        "--root", args.root, "--root_log", runs, "--name", name]
+                job = Job(name, argv, os.path.join(logs, name + ".log"), int(last_flag(argv, "--epochs") or 0),
+                          run_dir, torchrun=table.torchrun)
+                if run_finished(run_dir):
+                    job.state = DONE
+                elif os.path.isfile(os.path.join(run_dir, LATEST)):
+                    job.argv = argv + ["--resume", run_dir]
+                elif os.path.isdir(run_dir) and not args.dry_run:
+                    shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
+                jobs.append(job)
+    return jobs
+
+
+# ---------------------------------------------------------------- the table
+
+def mean_std(values: List[float]):
+    if not values:
+        return None, None
+    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def cell_figures(row: Row, cell: Cell, seeds: List[int], out: str, args, seconds: Dict[str, float]) -> Dict:
+    """Figures of one cell over its seeds: best and last top-1, many/medium/few, minutes, per-epoch curves."""
+    best, last, groups, curves, minutes = [], [], {"many": [], "medium": [], "few": []}, {}, []
+    done = 0
+    for seed in seeds:
+        name = f"{row.name}-{cell.column}-s{seed}"
+        if cell.is_stage:
+            paths = stage_reports(os.path.join(out, "runs", f"{row.name}-{cell.flags}-s{seed}"), args.maxnorm_extra)
+            if not all(os.path.isfile(p) for p in paths.values()):
+                continue
+            reports = {w: json.load(open(p)) for w, p in paths.items()}
+            best.append(reports["best"]["top1"])
+            last.append(reports["last"]["top1"])
+            final = reports["last"]
+        else:
+            run_dir = os.path.join(out, "runs", name)
+            if not run_finished(run_dir):
+                continue
+            records = read_run(run_dir)["records"]
+            best.append(max(r["top1"] for r in records))
+            last.append(records[-1]["top1"])
+            final = records[-1]
+            curves[seed] = [r["top1"] for r in records]
+        done += 1
+        for g in groups:
+            if final.get(g) is not None:
+                groups[g].append(final[g])
+        if name in seconds:
+            minutes.append(seconds[name] / 60)
+    return {"best": best, "last": last, "groups": groups, "curves": curves, "minutes": minutes, "done": done}
+
+
+def fmt(value: Optional[float], spec: str = ".2f") -> str:
+    return "" if value is None else format(value, spec)
+
+
+def table_rows(table: Table, rows: List[Row], seeds: List[int], out: str, args, jobs: List[Job],
+               seconds: Dict[str, float]) -> List[Dict]:
+    state = {j.name: j.state for j in jobs}
+    result = []
+    for row in rows:
+        for cell in row.cells:
+            figures = cell_figures(row, cell, seeds, out, args, seconds)
+            best_mean, best_std = mean_std(figures["best"])
+            last_mean, last_std = mean_std(figures["last"])
+            published = cell.published.get("top1")
+            failed = [s for s in seeds if state.get(f"{row.name}-{cell.column}-s{s}") not in (DONE, None)]
+            result.append({
+                "row": row.label, "column": cell.column, "published": published,
+                "published_groups": " / ".join(fmt(cell.published.get(g), "g") for g in ("many", "medium", "few"))
+                if "many" in cell.published else "",
+                "n": len(figures["best"]), "best_mean": best_mean, "best_std": best_std,
+                "diff": None if published is None or best_mean is None else best_mean - published,
+                "last_mean": last_mean, "last_std": last_std,
+                **{g: mean_std(v)[0] for g, v in figures["groups"].items()},
+                "minutes_per_run": mean_std(figures["minutes"])[0],
+                "missing": ", ".join(f"s{s} ({state.get(f'{row.name}-{cell.column}-s{s}')})" for s in failed),
+                "curves": figures["curves"],
+            })
+    return result
+
+
+def pm(mean: Optional[float], std: Optional[float]) -> str:
+    if mean is None:
+        return "—"
+    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
+
+
+def markdown(table: Table, rows: List[Dict], seeds: List[int], args) -> str:
+    head = ["row", "column", "published", "top-1 best (mean ± std)", "n", "best − published", "top-1 last",
+            "many", "medium", "few", "minutes per run", "not done"]
+    lines = [f"# {table.title}", "",
+             f"Seeds {','.join(map(str, seeds))}" + (f"; main.py flags added: `{args.extra}`" if args.extra else "")
+             + (f"; MaxNorm stage flags added: `{args.maxnorm_extra}`" if args.maxnorm_extra else "") + ".",
+             BEST_NOTE + "; many/medium/few are the last epoch's (for + MaxNorm, the stage's last epoch), "
+             "means over seeds; std is the sample standard deviation.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        published = fmt(r["published"]) + (f" ({r['published_groups']})" if r["published_groups"] else "")
+        lines.append("| " + " | ".join([
+            r["row"], r["column"], published or "—", pm(r["best_mean"], r["best_std"]), str(r["n"]),
+            (f"{r['diff']:+.2f}" if r["diff"] is not None else "—"), pm(r["last_mean"], r["last_std"]),
+            fmt(r["many"]) or "empty", fmt(r["medium"]) or "empty", fmt(r["few"]) or "empty",
+            fmt(r["minutes_per_run"], ".1f"), r["missing"]]) + " |")
+    lines += ["", "Columns: " + "; ".join(f"{k}: {v}" for k, v in table.columns.items()) + "."]
+    return "\n".join(lines)
+
+
+CSV_FIELDS = ["row", "column", "published", "n", "best_mean", "best_std", "diff", "last_mean", "last_std", "many",
+              "medium", "few", "minutes_per_run", "missing"]
+
+
+def write_csv(path: str, rows: List[Dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+        writer.writeheader()
+        for r in rows:
+            writer.writerow({k: ("" if r[k] is None else r[k]) for k in CSV_FIELDS})
+
+
+# ---------------------------------------------------------------- main
+
+def main(argv=None) -> int:
+    args = get_args_parser().parse_args(argv)
+    if args.table not in TABLES:
+        raise UsageError(f"unknown table {args.table!r}; the tables: {', '.join(TABLES)}")
+    if args.per_gpu < 1:
+        raise UsageError(f"--per_gpu {args.per_gpu} must be 1 or more")
+    table, seeds = TABLES[args.table], seed_list(args)
+    rows, gpus = chosen_rows(table, args.rows), devices(args.gpus)
+    out = args.out or os.path.join("runs", "reproduce", args.table)
+    manifest = check_out_folder(out, args, seeds)
+    jobs = make_jobs(table, rows, seeds, args, out)
+    if args.dry_run:
+        for job in jobs:
+            what = "done" if job.state == DONE else "to resume" if "--resume" in job.argv and job.epochs else "to run"
+            print(f"{job.name}: {what}" + (f" (after {job.needs})" if job.needs else "")
+                  + f"\n  python {shlex.join(job.argv)}")
+        print(f"{len(jobs)} runs, {sum(j.state == DONE for j in jobs)} done; devices: "
+              + (", ".join(f"GPU {g}" for g in gpus) if gpus[0] is not None else "the CPU")
+              + f", {args.per_gpu} at once on each")
+        return 0
+    os.makedirs(out, exist_ok=True)
+    manifest["seeds"] = sorted(set(manifest.get("seeds", [])) | set(seeds))
+    with open(os.path.join(out, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
+    todo = [j for j in jobs if j.state != DONE]
+    print(f"{table.title}: {len(jobs)} runs ({len(jobs) - len(todo)} already done) in {out} on "
+          + (", ".join(f"GPU {g}" for g in gpus) if gpus[0] is not None else "the CPU")
+          + f", {args.per_gpu} at once on each; logs in {os.path.join(out, 'logs')}", flush=True)
+    stopped = Sweep(jobs, gpus, args.per_gpu, say=lambda m: print(m, flush=True),
+                    progress_every=args.progress_every).run()
+    for job in jobs:
+        if job.seconds:
+            manifest["seconds"][job.name] = manifest["seconds"].get(job.name, 0.0) + job.seconds
+    with open(os.path.join(out, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1)
+    result = table_rows(table, rows, seeds, out, args, jobs, manifest["seconds"])
+    text = markdown(table, result, seeds, args)
+    with open(os.path.join(out, "table.md"), "w") as f:
+        f.write(text + "\n")
+    write_csv(os.path.join(out, "table.csv"), result)
+    figure = plot_reproduction(result, table.title, os.path.join(out, "table.png"))
+    print("\n" + text + f"\n\nwritten: {os.path.join(out, 'table.md')}, table.csv"
+          + (", table.png" if figure else f"; no figure: {figure_note()}"))
+    if stopped is not None:
+        again = "python " + shlex.join([os.path.relpath(os.path.abspath(__file__)), *(argv or sys.argv[1:])])
+        print(f"stopped; finished runs are kept and stopped ones saved their checkpoints. Continue with:\n  {again}",
+              file=sys.stderr)
+        return 128 + stopped
+    failed = [j.name for j in jobs if j.state == FAILED]
+    if failed:
+        print(f"{len(failed)} run(s) failed: {', '.join(failed)} (logs in {os.path.join(out, 'logs')})",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+def figure_note() -> str:
+    return "matplotlib is not installed (pip install matplotlib)"
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)

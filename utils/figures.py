@@ -1,0 +1,61 @@
+"""Figures drawn with matplotlib, an optional dependency: without it, `plot_*` returns False and draws nothing."""
+from typing import Dict, List
+
+
+def _pyplot():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def plot_reproduction(cells: List[Dict], title: str, path: str) -> bool:
+    """Left, one panel per table row: top-1 per epoch of every seed of each trained cell, the published
+    value as a dashed line of the same colour. Right: measured best top-1 minus published, mean over seeds
+    with the sample standard deviation as error bar, for every cell with a published value and a run."""
+    plt = _pyplot()
+    if plt is None:
+        return False
+    from matplotlib.ticker import MaxNLocator
+    rows = list(dict.fromkeys(c["row"] for c in cells))
+    columns = list(dict.fromkeys(c["column"] for c in cells))
+    colours = {col: plt.get_cmap("tab10")(i) for i, col in enumerate(columns)}
+    fig = plt.figure(figsize=(13, 2.6 * len(rows) + 1.2))
+    grid = fig.add_gridspec(len(rows), 2, width_ratios=[1.6, 1])
+    for i, row in enumerate(rows):
+        ax = fig.add_subplot(grid[i, 0])
+        for c in (c for c in cells if c["row"] == row):
+            colour = colours[c["column"]]
+            for seed, curve in sorted(c["curves"].items()):
+                ax.plot(range(1, len(curve) + 1), curve, color=colour, alpha=0.8, lw=1.2,
+                        label=f"{c['column']} s{seed}")
+            if c["published"] is not None:
+                ax.axhline(c["published"], color=colour, ls="--", lw=1, label=f"{c['column']} published")
+        ax.set_title(row, fontsize=10, loc="left")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("top-1 (%)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, ncol=2, loc="lower right")
+        if i == len(rows) - 1:
+            ax.set_xlabel("epoch")
+    ax = fig.add_subplot(grid[:, 1])
+    shown = [c for c in cells if c["diff"] is not None]
+    labels = [f"{c['row']}\n{c['column']} (n={c['n']})" for c in shown]
+    ax.barh(range(len(shown)), [c["diff"] for c in shown], xerr=[c["best_std"] or 0 for c in shown],
+            color=[colours[c["column"]] for c in shown], capsize=3)
+    ax.set_yticks(range(len(shown)), labels, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("best top-1 minus published (points; ± std over seeds)")
+    ax.grid(axis="x", alpha=0.3)
+    if not shown:
+        ax.text(0.5, 0.5, "no published values, or no finished run", ha="center", va="center",
+                transform=ax.transAxes)
+    fig.suptitle(title, fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return True

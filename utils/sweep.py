@@ -1,0 +1,193 @@
+"""Run many `main.py` (and MaxNorm stage) processes: one queue per device, K at once per device.
+
+Each job is a normal child process with its own log file. A job may wait for another (a
+MaxNorm stage for the run it starts from); a job that fails is reported with its log's last
+lines and takes only its dependents down. The first SIGINT or SIGTERM is passed on once, as
+SIGTERM, to every running child (each saves its mid-epoch checkpoint and exits), and the
+sweep stops when they have. Children run in their own session, so a Ctrl-C typed in the
+terminal reaches them only through the sweep: a second signal would make them exit at once.
+"""
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Dict, List, Optional
+
+from utils.progress import format_duration
+from utils.runs import read_metrics
+
+WAITING, RUNNING, DONE, FAILED, SKIPPED, STOPPED = "waiting", "running", "done", "failed", "skipped", "stopped"
+
+
+@dataclass
+class Job:
+    name: str
+    argv: List[str]  # the child's command after the Python interpreter
+    log: str  # the child's stdout and stderr
+    epochs: int = 0  # epochs to train (0: a MaxNorm stage)
+    run_dir: Optional[str] = None  # whose metrics.jsonl counts the epochs done
+    needs: Optional[str] = None  # a job that must be done first
+    torchrun: bool = False  # takes every device at once, through torchrun
+    state: str = WAITING
+    note: str = ""
+    seconds: float = 0.0  # wall time of this job in this sweep
+    proc: Optional[subprocess.Popen] = field(default=None, repr=False)
+    slots: List[int] = field(default_factory=list, repr=False)
+    started: float = 0.0
+    epochs_at_start: int = 0
+
+    def epochs_done(self) -> int:
+        if not self.run_dir:
+            return 0
+        records = read_metrics(os.path.join(self.run_dir, "metrics.jsonl"))
+        return max((r["epoch"] for r in records), default=0)
+
+
+def log_tail(path: str, lines: int = 8) -> str:
+    try:
+        with open(path, errors="replace") as f:
+            return "".join(f.readlines()[-lines:]).rstrip()
+    except OSError:
+        return "(no log)"
+
+
+class Sweep:
+    """Runs `jobs` on `devices` (GPU indices, or [None] for the CPU), `per_device` at once on each."""
+
+    def __init__(self, jobs: List[Job], devices: List[Optional[int]], per_device: int = 1,
+                 say: Callable[[str], None] = print, progress_every: float = 60.0) -> None:
+        self.jobs, self.devices, self.say, self.every = jobs, devices, say, progress_every
+        self.slots: List[Optional[int]] = [d for d in devices for _ in range(per_device)]
+        self.free = list(range(len(self.slots)))
+        self.stop_signal: Optional[int] = None
+        self.by_name = {job.name: job for job in jobs}
+
+    # ------------------------------------------------------------ children
+
+    def _env(self, slots: List[int], torchrun: bool) -> Dict[str, str]:
+        env = dict(os.environ)
+        devices = [self.slots[i] for i in slots]
+        if devices[0] is None:  # the CPU: share its cores among the runs at once
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(self.slots))))
+        else:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in sorted(set(devices)))
+        return env
+
+    def _start(self, job: Job, slots: List[int]) -> None:
+        gpus = sorted({self.slots[i] for i in slots if self.slots[i] is not None})
+        argv = list(job.argv)
+        if job.torchrun and len(gpus) > 1:
+            argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(gpus)}"] + argv
+        os.makedirs(os.path.dirname(os.path.abspath(job.log)), exist_ok=True)
+        with open(job.log, "a") as log:
+            log.write(f"$ python {' '.join(argv)}\n")
+            log.flush()
+            job.proc = subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT,
+                                        env=self._env(slots, job.torchrun), start_new_session=True)
+        job.state, job.slots, job.started, job.epochs_at_start = RUNNING, slots, time.time(), job.epochs_done()
+        for i in slots:
+            self.free.remove(i)
+
+    def _finish(self, job: Job, code: int) -> None:
+        job.seconds += time.time() - job.started
+        self.free = sorted(self.free + job.slots)
+        job.slots = []
+        if code == 0:
+            job.state = DONE
+        elif self.stop_signal is not None and code in (128 + signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGINT):
+            job.state = STOPPED
+        else:
+            job.state, job.note = FAILED, f"exit {code}"
+            self.say(f"{job.name} failed (exit {code}); the last lines of {job.log}:\n" + log_tail(job.log))
+            for other in self.jobs:
+                if other.needs == job.name and other.state == WAITING:
+                    other.state, other.note = SKIPPED, f"{job.name} failed"
+
+    def _startable(self, job: Job) -> Optional[List[int]]:
+        if job.state != WAITING:
+            return None
+        if job.needs:
+            need = self.by_name[job.needs]
+            if need.state in (FAILED, SKIPPED):
+                job.state, job.note = SKIPPED, f"{need.name} {need.state}"
+                return None
+            if need.state != DONE:
+                return None
+        if job.torchrun:  # every device at once
+            return list(self.free) if len(self.free) == len(self.slots) else None
+        return self.free[:1] or None
+
+    # ------------------------------------------------------------ the loop
+
+    def _on_signal(self, signum, frame) -> None:
+        if self.stop_signal is None:
+            self.stop_signal = signum
+        else:  # a second signal: the children are already stopping; stop waiting for them
+            raise KeyboardInterrupt
+
+    def run(self) -> Optional[int]:
+        """Run every job; returns the signal number that stopped the sweep, or None when it ran out."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        last_line, forwarded = 0.0, False
+        try:
+            while True:
+                if self.stop_signal is not None and not forwarded:
+                    forwarded = True
+                    self.say(f"stopping: SIGTERM to {sum(j.state == RUNNING for j in self.jobs)} running run(s); "
+                             "each saves its checkpoint")
+                    for job in self.jobs:
+                        if job.state == RUNNING:
+                            os.killpg(job.proc.pid, signal.SIGTERM)
+                finished = False
+                if self.stop_signal is None:
+                    for job in self.jobs:
+                        slots = self._startable(job)
+                        if slots:
+                            self._start(job, slots)
+                for job in self.jobs:
+                    if job.state == RUNNING and job.proc.poll() is not None:
+                        self._finish(job, job.proc.returncode)
+                        finished = True
+                running = [j for j in self.jobs if j.state == RUNNING]
+                if not running and (self.stop_signal is not None or not any(j.state == WAITING for j in self.jobs)):
+                    break
+                if (finished and self.stop_signal is None) or time.time() - last_line >= self.every:
+                    self.say(self.progress())
+                    last_line = time.time()
+                time.sleep(0.2)
+        finally:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
+        self.say(self.progress())
+        return self.stop_signal
+
+    # ------------------------------------------------------------ progress
+
+    def progress(self) -> str:
+        count = {state: sum(j.state == state for j in self.jobs) for state in
+                 (DONE, RUNNING, WAITING, FAILED, SKIPPED, STOPPED)}
+        running = [j for j in self.jobs if j.state == RUNNING]
+        rates = []
+        for job in running:
+            done = job.epochs_done() - job.epochs_at_start
+            if done > 0:
+                rates.append((time.time() - job.started) / done)
+        for job in self.jobs:
+            if job.state == DONE and job.epochs and job.seconds:
+                rates.append(job.seconds / job.epochs)
+        parts = [f"{count[DONE]}/{len(self.jobs)} done", f"{count[RUNNING]} running"]
+        if running:
+            parts[-1] += " (" + ", ".join(
+                f"{j.name} epoch {j.epochs_done()}/{j.epochs}" if j.epochs else f"{j.name} MaxNorm stage"
+                for j in running) + ")"
+        parts.append(f"{count[WAITING]} waiting")
+        parts += [f"{count[s]} {s}" for s in (FAILED, SKIPPED, STOPPED) if count[s]]
+        if rates:
+            left_epochs = sum(j.epochs for j in self.jobs if j.state == WAITING) + sum(
+                max(j.epochs - j.epochs_done(), 0) for j in running)
+            seconds = left_epochs * sum(rates) / len(rates) / max(1, min(len(self.slots), count[WAITING]
+                                                                            + count[RUNNING]))
+            parts.append(f"about {format_duration(seconds)} left")
+        return f"[{time.strftime('%H:%M:%S')}] " + ", ".join(parts)
