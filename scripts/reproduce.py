@@ -348,9 +348,15 @@ def figure_note() -> str:
     return "matplotlib is not installed (pip install matplotlib)"
 
 
-if __name__ == "__main__":
+def cli(argv=None) -> None:
+    """main() with a bad table, flag or folder ending in one line and exit 2."""
     try:
-        sys.exit(main())
+        code = main(argv)
     except UsageError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        code = 2
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    cli()

@@ -1,0 +1,133 @@
+"""scripts/reproduce.py on tiny synthetic data: the table's rows, seeds and differences, an interrupted sweep
+continued to the same weights, bad input, and a failing run."""
+import csv
+import glob
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from scripts import reproduce
+from tests.conftest import ROOT, write_cifar
+
+pytestmark = pytest.mark.slow
+
+ROWS = "cifar10-if100,cifar10-if10"
+EXTRA = "--epochs 2 --width 8 -j 0 --no_download"
+
+
+def command(root, out, rows=ROWS, *more):
+    return [sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), "cifar10-lt", "--seeds", "2", "--root", root,
+            "--extra", EXTRA, "--maxnorm_extra", "--epochs 2 -j 0", "--rows", rows, "--per_gpu", "2",
+            "--progress_every", "0.5", "--out", str(out), *more]
+
+
+def sweep(root, out, rows=ROWS):
+    done = subprocess.run(command(root, out, rows), capture_output=True, text=True, timeout=900, cwd=ROOT,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+    return done.returncode, done.stdout, done.stderr
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp("reproduce") / "data")
+    write_cifar(root, train_per_class=100, test_per_class=3)
+    return root
+
+
+@pytest.fixture(scope="module")
+def whole(tiny_root, tmp_path_factory):
+    out = tmp_path_factory.mktemp("whole")
+    code, stdout, stderr = sweep(tiny_root, out)
+    assert code == 0, stderr
+    return out, stdout
+
+
+def weights(out):
+    return {os.path.basename(os.path.dirname(p)): torch.load(p, weights_only=False)["state_dict"]
+            for p in glob.glob(os.path.join(str(out), "runs", "*", "ckpt.pth.tar"))}
+
+
+def test_table_rows_seeds_and_differences_to_the_published_values(whole):
+    out, stdout = whole
+    rows = list(csv.DictReader(open(out / "table.csv")))
+    assert [(r["row"], r["column"]) for r in rows] == [
+        ("CIFAR-10-LT, IF 100", "glmc"), ("CIFAR-10-LT, IF 100", "updated"), ("CIFAR-10-LT, IF 100", "maxnorm"),
+        ("CIFAR-10-LT, IF 10", "glmc"), ("CIFAR-10-LT, IF 10", "updated"), ("CIFAR-10-LT, IF 10", "maxnorm")]
+    published = {"CIFAR-10-LT, IF 100": (87.75, 88.49, 89.58), "CIFAR-10-LT, IF 10": (94.04, 94.85, 95.00)}
+    for r in rows:
+        assert r["n"] == "2" and r["missing"] == ""
+        assert float(r["published"]) == published[r["row"]][["glmc", "updated", "maxnorm"].index(r["column"])]
+        name = {"CIFAR-10-LT, IF 100": "cifar10-if100", "CIFAR-10-LT, IF 10": "cifar10-if10"}[r["row"]]
+        if r["column"] == "maxnorm":
+            bests = [json.load(open(out / "runs" / f"{name}-updated-s{s}" / "eval"
+                                    / "maxnorm-best-epochs2-best.json"))["top1"] for s in (1, 2)]
+        else:
+            bests = [max(json.loads(line)["top1"] for line in open(out / "runs" / f"{name}-{r['column']}-s{s}"
+                                                                   / "metrics.jsonl")) for s in (1, 2)]
+        assert float(r["best_mean"]) == pytest.approx(statistics.mean(bests))
+        assert float(r["best_std"]) == pytest.approx(statistics.stdev(bests))
+        assert float(r["diff"]) == pytest.approx(statistics.mean(bests) - float(r["published"]))
+    assert len(glob.glob(str(out / "runs" / "*"))) == 8  # 2 rows x 2 training columns x 2 seeds: nothing twice
+    assert "chosen on the test set" in (out / "table.md").read_text()
+    assert (out / "table.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_an_interrupted_sweep_continues_to_the_same_weights_and_table(whole, tiny_root, tmp_path):
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen(command(tiny_root, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    for line in proc.stdout:
+        if " 2/12 done" in line:  # two runs finished, two more under way
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    assert "Continue with:" in err and "reproduce.py cifar10-lt" in err
+    code, stdout, stderr = sweep(tiny_root, out)
+    assert code == 0, stderr
+    assert "already done" in stdout
+    reference, continued = weights(whole[0]), weights(out)
+    assert sorted(reference) == sorted(continued)
+    for name in reference:
+        assert all(torch.equal(reference[name][k], continued[name][k]) for k in reference[name]), name
+    strip = lambda text: [line.rsplit("|", 3)[0] for line in text.splitlines()]  # minutes per run differ
+    assert strip((out / "table.md").read_text()) == strip((whole[0] / "table.md").read_text())
+
+
+def test_a_failing_run_is_reported_and_the_others_finish(tiny_root, tmp_path):
+    out = tmp_path / "failing"
+    broken = out / "runs" / "cifar10-if100-updated-s2"
+    broken.mkdir(parents=True)
+    (broken / "ckpt.pth.tar").write_bytes(b"not a checkpoint")
+    code, stdout, stderr = sweep(tiny_root, out, rows="cifar10-if100")
+    assert code == 1
+    assert "cifar10-if100-updated-s2 failed (exit 2)" in stdout and "cannot read checkpoint" in stdout
+    rows = {r["column"]: r for r in csv.DictReader(open(out / "table.csv"))}
+    assert rows["glmc"]["n"] == "2" and rows["updated"]["n"] == "1" and rows["maxnorm"]["n"] == "1"
+    assert "s2 (failed)" in rows["updated"]["missing"] and "s2 (skipped)" in rows["maxnorm"]["missing"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["cifar1000-lt"], "unknown table 'cifar1000-lt'; the tables: cifar10-lt, cifar100-lt"),
+    (["cifar10-lt", "--gpus", "7"], "--gpus 7: this machine has"),
+    (["cifar10-lt", "--rows", "cifar10-if7"], "--rows: cifar10-if7 not in cifar10-lt"),
+])
+def test_bad_input_stops_with_exit_2(argv, message, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        reproduce.cli(argv + ["--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_folder_of_another_table_stops_with_exit_2(whole, capsys):
+    with pytest.raises(SystemExit) as exc:
+        reproduce.cli(["cifar100-lt", "--out", str(whole[0])])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "holds a sweep made with table 'cifar10-lt', not 'cifar100-lt'" in err
