@@ -28,7 +28,7 @@ from datasets.image_files import preflight
 from models import build_model, count_parameters
 from models.heads import CLASSIFIERS
 from models.args import add_model_args, check_model_args
-from utils.checkpoint import first_non_finite, load_weights, read_checkpoint, save_checkpoint, unwrap
+from utils.checkpoint import BackgroundWriter, first_non_finite, load_weights, read_checkpoint, unwrap
 from utils.config import (FlagTrackingParser, add_run_args, check_run_args, command_line, run_cli,
                           select_device)
 from utils.distributed import (World, any_rank, broadcast_object, close_world, elastic_job, elastic_restarts,
@@ -498,6 +498,7 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
             scheduler.step()
     again = command_line("main.py", get_args_parser(), args, skip=("resume", "seeds", "name", "root_log"),
                          extra=["--resume", shlex.quote(run_dir)])
+    writer = BackgroundWriter()  # each epoch's checkpoint and metrics line are written while the next trains
 
     def save(epochs_done: int, is_best: bool, record: Optional[Dict] = None,
              in_epoch: Optional[EpochProgress] = None) -> None:
@@ -515,7 +516,11 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
                      "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
                      "rng": rng_states(device), "in_epoch": in_epoch.snapshot() if in_epoch else None,
                      "record": record, "run": description, "run_dir": run_dir}
-            save_checkpoint(state, ckpt_dir, is_best, every=20 if in_epoch is None else 0)
+            metrics = os.path.join(run_dir, "metrics.jsonl")
+            writer.save(state, ckpt_dir, is_best, every=20 if in_epoch is None else 0,
+                        after=(lambda: append_metrics(metrics, record)) if record else None)
+            if in_epoch is not None:
+                writer.wait()  # the process stops next: the checkpoint must be on disk
 
     result = None
     with StopRequest(also=log.to_file) as stop:
@@ -530,29 +535,35 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
                                      f"step {progress.step}/{len(train_loader)}; the run resumes mid-epoch at step "
                                      f"{progress.step + 1}:\n  {again}", stop.exit_code)
                 progress = EpochProgress()
+                train_end = time.time()
                 scheduler.step()
                 result = evaluate(model, test_loader, device, data.train_counts, args.shot_rule, eval_head(args),
-                                  world, also=other_heads(args))
+                                  world, also=other_heads(args),
+                                  memory_format=torch.channels_last if args.channels_last else torch.contiguous_format)
                 is_best = best_epoch is None or result["top1"] > best_acc1
                 if is_best:
                     best_acc1, best_epoch = result["top1"], epoch + 1
                 record = epoch_record(epoch, lr, train_stats, result, best_acc1)
-                save(epoch + 1, is_best, record)  # the latest checkpoint first: it marks the epoch done
-                if world.is_main:
-                    append_metrics(os.path.join(run_dir, "metrics.jsonl"), record)
+                record["eval_seconds"] = time.time() - train_end
+                save(epoch + 1, is_best, record)  # the latest checkpoint first, then its metrics line
                 log_epoch(log, args.epochs, record, args.shot_rule)
                 (stopping,) = any_rank(world, [stop.signum is not None], device)
                 if stopping and epoch + 1 < args.epochs:
+                    writer.wait()
                     raise RunStopped(f"stopped by {stop.name or 'a signal to another process'} after epoch "
                                      f"{epoch + 1}; the run resumes at the epoch boundary (epoch {epoch + 2}):\n"
                                      f"  {again}", stop.exit_code)
+            writer.wait()
             if result is not None:
                 log.print(f"done: best top-1 {best_acc1:.2f} (epoch {best_epoch}), last top-1 {result['top1']:.2f}")
         except WriteFailed as exc:
+            writer.join()  # a later write may still be under way
             has_checkpoint = os.path.isfile(os.path.join(ckpt_dir, "ckpt.pth.tar"))
             advice = (f"The last good checkpoint is kept; once fixed, continue with:\n  {again}" if has_checkpoint
                       else "The run had no checkpoint yet; start it again once fixed")
             raise WriteFailed(exc.path, exc.cause, advice) from exc
+        finally:
+            writer.join()  # whatever stops the run, the checkpoint being written is finished first
     return result
 
 

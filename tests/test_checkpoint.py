@@ -50,3 +50,33 @@ def test_bare_state_dict_and_mismatch_message(tmp_path):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(UsageError, match="junk.pth"):
         read_checkpoint(str(tmp_path / "junk.pth"))
+
+
+def test_best_is_a_link_to_its_epochs_file_that_the_next_epoch_leaves_alone(tmp_path):
+    save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(2)}}, str(tmp_path), is_best=True)
+    latest, best = tmp_path / "ckpt.pth.tar", tmp_path / "ckpt.best.pth.tar"
+    assert os.stat(latest).st_ino == os.stat(best).st_ino  # not written a second time
+    save_checkpoint({"epoch": 2, "state_dict": {"w": torch.zeros(2)}}, str(tmp_path), is_best=False)
+    assert torch.load(best, weights_only=False)["epoch"] == 1 and torch.load(latest, weights_only=False)["epoch"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["ckpt.best.pth.tar", "ckpt.pth.tar"]
+
+
+def test_background_writer_saves_a_snapshot_then_runs_after_and_reports_failures(tmp_path, monkeypatch):
+    order = []
+    weights = torch.ones(3)
+    writer = ckpt_mod.BackgroundWriter()
+    writer.save({"epoch": 1, "state_dict": {"w": weights}}, str(tmp_path), is_best=False,
+                after=lambda: order.append(torch.load(tmp_path / "ckpt.pth.tar", weights_only=False)["epoch"]))
+    weights.mul_(5)  # training goes on at once: the checkpoint keeps the values of the moment of saving
+    writer.wait()
+    assert torch.equal(torch.load(tmp_path / "ckpt.pth.tar", weights_only=False)["state_dict"]["w"], torch.ones(3))
+    assert order == [1]  # `after` ran once the checkpoint was on disk
+
+    def full_disk(obj, f):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ckpt_mod.torch, "save", full_disk)
+    writer.save({"epoch": 2, "state_dict": {"w": weights}}, str(tmp_path), is_best=False, after=lambda: order.append(2))
+    with pytest.raises(WriteFailed, match="No space left on device"):
+        writer.wait()
+    assert order == [1] and torch.load(tmp_path / "ckpt.pth.tar", weights_only=False)["epoch"] == 1

@@ -258,27 +258,31 @@ class Killed(BaseException):
 @pytest.mark.parametrize("killed_at", [2, 3], ids=["mid-run", "last-epoch"])
 def test_death_between_the_latest_checkpoint_and_its_records_is_repaired(killed_at, tmp_path, data_root, monkeypatch,
                                                                          capsys):
-    real_evaluate, real_save = train_script.evaluate, train_script.save_checkpoint
-    accuracy = {"n": 0}
+    real_evaluate, real_save = train_script.evaluate, checkpoint_module.save_checkpoint
+    accuracy = {"n": 0, "dead": False}
 
     def rising(*a, **kw):  # every epoch is the best so far
+        if accuracy["dead"]:  # the checkpoint writer died: nothing more happens in this process
+            raise Killed()
         accuracy["n"] += 10
         return {**real_evaluate(*a, **kw), "top1": float(accuracy["n"])}
 
     def latest_only(state, folder, is_best, every=20):
         if state["epoch"] == killed_at:
             checkpoint_module.atomic_save(state, os.path.join(folder, "ckpt.pth.tar"))
+            accuracy["dead"] = True
             raise Killed()  # before the best copy and the metrics line
         return real_save(state, folder, is_best, every)
 
     monkeypatch.setattr(train_script, "evaluate", rising)
-    monkeypatch.setattr(train_script, "save_checkpoint", latest_only)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", latest_only)
     with pytest.raises(Killed):
         train_script.main(parse("--root", data_root, "--epochs", "3", "--root_log", str(tmp_path / "runs")))
     run_dir = only_run(tmp_path / "runs")
     assert epochs_in_metrics(run_dir) == list(range(1, killed_at))
     assert ckpt_epoch(os.path.join(run_dir, "ckpt.best.pth.tar")) == killed_at - 1
-    monkeypatch.setattr(train_script, "save_checkpoint", real_save)
+    monkeypatch.setattr(checkpoint_module, "save_checkpoint", real_save)
+    accuracy["dead"] = False  # a new process
     capsys.readouterr()
     train_script.main(parse("--root", data_root, "--epochs", "3", "--resume", run_dir))
     out = capsys.readouterr().out

@@ -1,8 +1,9 @@
-"""Checkpoints in the released layout, written crash-safe."""
+"""Checkpoints in the released layout, written crash-safe, and in the background while training goes on."""
 import os
 import shutil
 import tempfile
-from typing import Dict, Mapping, Optional
+import threading
+from typing import Callable, Dict, Mapping, Optional
 
 import torch
 from torch import nn
@@ -78,6 +79,22 @@ def atomic_copy(source: str, path: str) -> None:
     _atomic_write(path, copy)
 
 
+def link_or_copy(source: str, path: str) -> None:
+    """`path` becomes the same file as `source`, atomically: a hard link (nothing written again; the next
+    `atomic_save` of `source` replaces its name with a new file, so `path` keeps this one), or a copy
+    where the file system has no hard links."""
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f"{TEMPORARY_PREFIX}link_{os.getpid()}.pth.tar")
+    try:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        os.link(source, tmp)
+        os.replace(tmp, path)
+    except OSError:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        atomic_copy(source, path)
+
+
 def save_checkpoint(state: Dict, folder: str, is_best: bool, every: int = 20) -> str:
     """`ckpt.pth.tar` first (it marks the epoch done), then its copies: `ckpt.best.pth.tar` when
     best, `<epoch>_ckpt.pth.tar` every `every` epochs. Returns the latest checkpoint's path."""
@@ -87,8 +104,62 @@ def save_checkpoint(state: Dict, folder: str, is_best: bool, every: int = 20) ->
     if every and state["epoch"] % every == 0:
         copies.append(f"{state['epoch']}_{LATEST}")
     for name in copies:
-        atomic_copy(latest, os.path.join(folder, name))
+        link_or_copy(latest, os.path.join(folder, name))
     return latest
+
+
+def host_copy(obj):
+    """`obj` with every tensor copied to host memory (nested dicts, lists and tuples kept)."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: host_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Writes checkpoints while the next epoch trains.
+
+    `save` copies the state to host memory (training may then change the model at once), and a
+    thread writes it with `save_checkpoint` (same crash safety: a kill at any moment leaves the last
+    complete checkpoint), then runs `after` (the epoch's metrics line, so that it follows its
+    checkpoint as before). One write at a time: `save` and `wait` first wait for the previous one,
+    and raise its error (a WriteFailed) if it failed.
+    """
+
+    def __init__(self) -> None:
+        self._thread: Optional[threading.Thread] = None
+        self._error: Optional[BaseException] = None
+
+    def save(self, state: Dict, folder: str, is_best: bool, every: int = 20,
+             after: Optional[Callable[[], None]] = None) -> None:
+        self.wait()
+        snapshot = host_copy(state)
+
+        def write() -> None:
+            try:
+                save_checkpoint(snapshot, folder, is_best, every)
+                if after:
+                    after()
+            except BaseException as exc:  # raised in the training thread by the next save or wait
+                self._error = exc
+
+        self._thread = threading.Thread(target=write, name="checkpoint-writer")
+        self._thread.start()
+
+    def join(self) -> None:
+        """Wait for the write in progress; its error, if any, is kept for `wait`."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def wait(self) -> None:
+        self.join()
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:

@@ -27,18 +27,21 @@ def shot_groups(train_counts: Sequence[int], rule: str = "released") -> Dict[str
 
 @torch.no_grad()
 def predict(model: nn.Module, loader: DataLoader, device: torch.device, k: int = 5, head: str = "fc_cb",
-            logit_shift: Optional[torch.Tensor] = None, also: Sequence[str] = ()):
+            logit_shift: Optional[torch.Tensor] = None, also: Sequence[str] = (),
+            memory_format: torch.memory_format = torch.contiguous_format):
     """(top-k predictions, targets, {head: top-1 predictions} for each head in `also`) over the whole loader,
     with the evaluation forward of `head` and `logit_shift` added to its logits (post-hoc logit adjustment).
     The heads in `also` share the backbone pass: each costs one matrix product more. No host sync per batch:
-    the predictions stay on the device until the loader is done."""
+    the predictions stay on the device until the loader is done. `memory_format`: the training's (a
+    channels_last network is fed channels_last images)."""
     model.eval()
     preds, targets, others = [], [], {h: [] for h in also}
     for batch in loader:
         if batch is None:  # every image of the batch was undecodable and skipped
             continue
         images, labels = batch
-        outputs = model(images.to(device, non_blocking=True), head=(head, *also) if also else head)
+        images = images.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        outputs = model(images, head=(head, *also) if also else head)
         logits, extra = (outputs[0], outputs[1:]) if also else (outputs, ())
         if logit_shift is not None:
             logits = logits.float() + logit_shift.to(logits.device)
@@ -79,10 +82,11 @@ def summarize(topk_preds: torch.Tensor, targets: torch.Tensor, train_counts: Seq
 
 
 def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, train_counts: Sequence[int],
-             rule: str = "released", head: str = "fc_cb", world: World = World(), also: Sequence[str] = ()) -> Dict:
+             rule: str = "released", head: str = "fc_cb", world: World = World(), also: Sequence[str] = (),
+             memory_format: torch.memory_format = torch.contiguous_format) -> Dict:
     """Figures of `head` over the whole test set, and `top1_<h>` of `head` and of each head in `also`;
     under torchrun each rank predicts its shard and all are gathered."""
-    parts = gather_objects(world, predict(model, loader, device, head=head, also=also))
+    parts = gather_objects(world, predict(model, loader, device, head=head, also=also, memory_format=memory_format))
     preds, targets = torch.cat([p for p, _, _ in parts]), torch.cat([t for _, t, _ in parts])
     result = {**summarize(preds, targets, train_counts, rule), "head": head, "test_images": len(targets)}
     result[f"top1_{head}"] = result["top1"]
