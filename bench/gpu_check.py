@@ -17,7 +17,10 @@ gpu_check.json (the table is also printed last):
       are timed one at a time, with nothing else running;
   (c) with the fastest width-64 setting, the README CIFAR-10 command on the real data
       (200 epochs; stopped at the budget if they do not fit), top-1 per epoch and wall time;
-  (d) if time remains, 5 epochs in fp32 eager and in the fastest bf16 setting, same seed.
+  (d) if time remains, 5 epochs in fp32 eager and in the fastest bf16 setting, same seed;
+  (e) the README command with the fastest setting, 1, 2 and 4 runs at once on the GPU for
+      --table_seconds each: aggregate training images/s and the projected time of
+      `scripts/reproduce.py cifar10-lt --seeds 3` (6 runs of 200 epochs per seed) at that many at once.
 """
 import argparse
 import fcntl
@@ -45,6 +48,7 @@ README_CIFAR10 = ["--dataset", "cifar10", "-a", "resnet32", "--num_classes", "10
                   "--weight_decay", "5e-3", "--resample_weighting", "0.0", "--label_weighting", "1.2",
                   "--contrast_weight", "4"]
 RELEASED_TOP1 = {"updated": 88.49, "original": 87.75}  # GLMC, CIFAR-10-LT IF 100, as published
+CIFAR10_LT_IMAGES = {100: 12406, 50: 13996, 10: 20431}  # training images of CIFAR-10-LT per imbalance factor
 SETTINGS = {  # name: (--amp, --channels_last, --compile mode)
     "fp32 eager": ("off", False, None),
     "bf16 + channels_last": ("bf16", True, None),
@@ -288,29 +292,44 @@ class Check:
 
     def train(self, label: str, data_root: str, flags: List[str], seconds: float) -> Dict:
         """main.py with `flags` for at most `seconds` (then SIGTERM: it stops cleanly); its epochs' records."""
-        runs = os.path.join(self.work, "runs")
-        cmd = [sys.executable, "-u", "main.py", *flags, "--root", data_root, "--no_download", "-j", "0",
-               "--root_log", runs, "--name", label, "-p", "100000"]
-        start = time.time()
-        log_path = os.path.join(self.opts.out, f"{label}.log")
-        with open(log_path, "w") as log:
-            proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        return self.train_together([(label, flags)], data_root, seconds)[0]
+
+    def train_together(self, runs: List, data_root: str, seconds: float) -> List[Dict]:
+        """Several main.py processes at once, (label, flags) each, for at most `seconds`; their records."""
+        root_log = os.path.join(self.work, "runs")
+        started, start = [], time.time()
+        for label, flags in runs:
+            cmd = [sys.executable, "-u", "main.py", *flags, "--root", data_root, "--no_download", "-j", "0",
+                   "--root_log", root_log, "--name", label, "-p", "100000"]
+            log_path = os.path.join(self.opts.out, f"{label}.log")
+            with open(log_path, "w") as log:
+                started.append((label, cmd, log_path, subprocess.Popen(cmd, cwd=REPO, stdout=log,
+                                                                       stderr=subprocess.STDOUT)))
+        for *_, proc in started:
             try:
-                proc.wait(timeout=max(seconds, 1))
+                proc.wait(timeout=max(seconds - (time.time() - start), 1))
             except subprocess.TimeoutExpired:
                 proc.send_signal(signal.SIGTERM)
-                try:
-                    proc.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        for *_, proc in started:
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         wall = time.time() - start
-        metrics = os.path.join(runs, label, "metrics.jsonl")
+        return [self.records_of(os.path.join(root_log, label), cmd, log_path, proc.returncode, wall)
+                for label, cmd, log_path, proc in started]
+
+    @staticmethod
+    def records_of(run_dir: str, cmd: List[str], log_path: str, exit_code: int, wall: float) -> Dict:
+        metrics = os.path.join(run_dir, "metrics.jsonl")
         records = [json.loads(line) for line in open(metrics)] if os.path.exists(metrics) else []
-        result = {"command": "python " + " ".join(cmd[2:]), "exit_code": proc.returncode, "wall_s": round(wall, 1),
+        result = {"command": "python " + " ".join(cmd[2:]), "exit_code": exit_code, "wall_s": round(wall, 1),
                   "epochs_done": len(records), "top1": [r["top1"] for r in records],
                   "train_loss": [round(r["loss"], 4) for r in records],
                   "epoch_s": [round(r["seconds"], 2) for r in records],
+                  "images_per_s": [r.get("images_per_s") for r in records],
+                  "eval_s": [r.get("eval_seconds") for r in records],
                   "gpu_peak_mb": max((r.get("gpu_peak_mb", 0) for r in records), default=None)}
         if records:
             last = records[-1]
@@ -319,6 +338,39 @@ class Check:
         else:
             result["log_tail"] = open(log_path).read()[-600:]
         return result
+
+    def table_throughput(self, data_root: str) -> None:
+        """(e) The README CIFAR-10 command with the fastest setting, 1, 2 and 4 runs at once on one GPU for
+        a fixed time each: aggregate training images/s, and the projected time of the cifar10-lt table."""
+        best = self.fastest(8 if self.opts.smoke else 64)
+        name = best["setting"] if best else "fp32 eager"
+        flags = README_CIFAR10 + setting_flags(name) + (["--width", "8", "-b", "16"] if self.opts.smoke else [])
+        each = self.opts.table_seconds
+        out = {"setting": name, "seconds_each": each, "runs": {}}
+        for k in (1, 2, 4):
+            if self.left() < each + 30:
+                out["runs"][k] = {"skipped": "out of time"}
+                continue
+            self.say(f"(e) {k} README run(s) at once with '{name}' for {each:.0f} s")
+            results = self.train_together([(f"table-{k}-{i}", flags + ["--seed", str(i + 1)]) for i in range(k)],
+                                          data_root, each)
+            # training throughput of each run's epochs after its first (compilation, warm-up), summed; a run
+            # with one epoch only counts with that one (marked)
+            kept = [r["images_per_s"][1:] or r["images_per_s"] for r in results]
+            rates = [sum(v) / len(v) for v in kept if v]
+            evals = [e for r in results for e in (r["eval_s"][1:] or r["eval_s"]) if e is not None]
+            row = {"runs_with_figures": len(rates), "epochs_done": [r["epochs_done"] for r in results],
+                   "first_epoch_only": any(r["epochs_done"] == 1 for r in results)}
+            if len(rates) == k:
+                row["aggregate_images_per_s"] = round(sum(rates), 1)
+                row["eval_s_per_epoch"] = round(sum(evals) / len(evals), 2) if evals else None
+                # cifar10-lt, 3 seeds: glmc and updated runs of 200 epochs at IF 100, 50, 10, k at a time
+                images = 3 * 2 * 200 * sum(CIFAR10_LT_IMAGES.values())
+                overhead = 3 * 2 * 3 * 200 * (row["eval_s_per_epoch"] or 0) / k
+                row["projected_table_h"] = round((images / sum(rates) + overhead) / 3600, 2)
+            out["runs"][k] = row
+            self.say(f"(e) {k} at once: {row}")
+        self.results["table_throughput"] = out
 
     def readme_run(self, data_root: str) -> None:
         best = self.fastest(8 if self.opts.smoke else 64)
@@ -398,6 +450,23 @@ def table(results: Dict) -> str:
                   f"original; measured step rate projects 200 epochs to {run.get('projected_200_epochs_min')} min "
                   "of training (evaluation excluded)",
                   "top-1 per epoch: " + " ".join(f"{t:.2f}" for t in run["top1"]), ""]
+    tab = results.get("table_throughput")
+    if tab:
+        lines += [f"(e) README CIFAR-10 command, {tab['setting']}, several at once on one "
+                  f"{'CPU' if results['environment'].get('device') == 'cpu' else 'GPU'} for "
+                  f"{tab['seconds_each']:.0f} s each: training throughput after each run's first epoch, and the "
+                  "projected time of `scripts/reproduce.py cifar10-lt --seeds 3` (18 runs of 200 epochs, "
+                  "evaluation included, MaxNorm stages not)", "",
+                  "| runs at once | aggregate images/s | evaluation s per epoch | projected table hours |",
+                  "|---|---|---|---|"]
+        for k, row in tab["runs"].items():
+            if "aggregate_images_per_s" not in row:
+                lines.append(f"| {k} | {row.get('skipped') or 'no full epoch after the first: ' + str(row)} | | |")
+                continue
+            lines.append(f"| {k} | {row['aggregate_images_per_s']:.0f}"
+                         + (" (first epoch only)" if row["first_epoch_only"] else "")
+                         + f" | {row['eval_s_per_epoch']} | {row['projected_table_h']} |")
+        lines.append("")
     cmp_ = results.get("fp32_vs_bf16")
     if cmp_:
         lines.append("(d) same seed and data, README command for 5 epochs: top-1 | training loss, per epoch")
@@ -418,7 +487,9 @@ def main() -> int:
                         help="folder for gpu_check.md, gpu_check.json and the logs (default: $OUT or runs/gpu_check)")
     parser.add_argument("--minutes", type=float, default=None, help="time budget (default 8; 2 with --smoke)")
     parser.add_argument("--smoke", action="store_true", help="tiny data, width 8: checks this script on any machine")
-    parser.add_argument("--skip", default="", help="comma-separated parts to leave out, of a,b,c,d")
+    parser.add_argument("--skip", default="", help="comma-separated parts to leave out, of a,b,c,d,e")
+    parser.add_argument("--table_seconds", type=float, default=None,
+                        help="(e): seconds per number of runs at once (default 40; 30 with --smoke)")
     parser.add_argument("--setting", default=None, choices=list(SETTINGS),
                         help="setting for (c) and (d) (default: the fastest at width 64 in (b))")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: one throughput setting
@@ -427,6 +498,7 @@ def main() -> int:
         print(json.dumps(measure(json.loads(opts.one))), flush=True)
         return 0
     opts.minutes = opts.minutes or (2.0 if opts.smoke else 8.0)
+    opts.table_seconds = opts.table_seconds or (30.0 if opts.smoke else 40.0)
     check = Check(opts)
     skip = set(opts.skip.split(","))
     try:
@@ -436,6 +508,8 @@ def main() -> int:
             check.tests()
         if "b" not in skip:
             check.throughput()
+        if "e" not in skip:
+            check.table_throughput(data_root)
         if "c" not in skip:
             check.readme_run(data_root)
         if "d" not in skip and check.left() > 60:

@@ -76,3 +76,16 @@ def test_smoke_fp32_against_bf16(tmp_path):
     assert all(r["epochs_done"] == 1 and r["exit_code"] == 0 for r in runs.values())
     assert "--amp bf16 --channels_last" in runs["bf16 + channels_last"]["command"]
     assert "--amp off" in runs["fp32 eager"]["command"]
+
+
+@pytest.mark.slow
+def test_smoke_table_part_runs_one_two_and_four_at_once(tmp_path):
+    each = 15 + 3 * two_epoch_seconds(tmp_path / "measure")  # room for an epoch or more, from this machine's pace
+    results, table = smoke(tmp_path / "check", "--skip", "a,b,c,d", "--table_seconds", f"{each:.0f}",
+                           "--minutes", f"{(3 * (each + 30) + 60) / 60:.3f}")
+    part = results["table_throughput"]
+    assert sorted(part["runs"]) == ["1", "2", "4"]
+    assert [len(part["runs"][k]["epochs_done"]) for k in ("1", "2", "4")] == [1, 2, 4]
+    one = part["runs"]["1"]
+    assert one["aggregate_images_per_s"] > 0 and one["projected_table_h"] > 0
+    assert "| runs at once | aggregate images/s |" in table and "\n| 1 | " in table
