@@ -57,7 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--per_gpu", type=int, default=1, help="runs at once per GPU (or on the CPU) (default 1)")
     parser.add_argument("--out", default=None, help="folder of the sweep (default: runs/reproduce/TABLE)")
     parser.add_argument("--root", default="data", help="data root given to every run (default: data)")
-    parser.add_argument("--extra", default="", help="flags added to every main.py command, e.g. \"--epochs 3\"")
+    parser.add_argument("--extra", default="", help="flags added to every main.py command, e.g. \"--epochs 3\" "
+                                                      "(a single flag as --extra=--flag)")
     parser.add_argument("--maxnorm_extra", default="", help="flags added to every MaxNorm stage, e.g. \"--epochs 2\"")
     parser.add_argument("--rows", default=None, help="comma-separated row names, to run part of the table "
                                                      "(default: every row; --dry_run lists them)")
