@@ -141,15 +141,15 @@ class Sweep:
                         if job.state == RUNNING:
                             os.killpg(job.proc.pid, signal.SIGTERM)
                 finished = False
+                for job in self.jobs:
+                    if job.state == RUNNING and job.proc.poll() is not None:
+                        self._finish(job, job.proc.returncode)
+                        finished = True
                 if self.stop_signal is None:
                     for job in self.jobs:
                         slots = self._startable(job)
                         if slots:
                             self._start(job, slots)
-                for job in self.jobs:
-                    if job.state == RUNNING and job.proc.poll() is not None:
-                        self._finish(job, job.proc.returncode)
-                        finished = True
                 running = [j for j in self.jobs if j.state == RUNNING]
                 if not running and (self.stop_signal is not None or not any(j.state == WAITING for j in self.jobs)):
                     break
