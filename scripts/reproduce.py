@@ -249,6 +249,11 @@ def table_rows(table: Table, rows: List[Row], seeds: List[int], out: str, args, 
     return result
 
 
+def titled(table: Table, args) -> str:
+    """The table's title, and the flags added to its runs, which may change what the title says."""
+    return table.title + (f" — runs with {args.extra}" if args.extra else "")
+
+
 def pm(mean: Optional[float], std: Optional[float]) -> str:
     if mean is None:
         return "—"
@@ -258,7 +263,7 @@ def pm(mean: Optional[float], std: Optional[float]) -> str:
 def markdown(table: Table, rows: List[Dict], seeds: List[int], args) -> str:
     head = ["row", "column", "published", "top-1 best (mean ± std)", "n", "best − published", "top-1 last",
             "many", "medium", "few", "minutes per run", "not done"]
-    lines = [f"# {table.title}", "",
+    lines = [f"# {titled(table, args)}", "",
              f"Seeds {','.join(map(str, seeds))}" + (f"; main.py flags added: `{args.extra}`" if args.extra else "")
              + (f"; MaxNorm stage flags added: `{args.maxnorm_extra}`" if args.maxnorm_extra else "") + ".",
              BEST_NOTE + "; many/medium/few are the last epoch's (for + MaxNorm, the stage's last epoch), "
@@ -329,7 +334,7 @@ def main(argv=None) -> int:
     with open(os.path.join(out, "table.md"), "w") as f:
         f.write(text + "\n")
     write_csv(os.path.join(out, "table.csv"), result)
-    figure = plot_reproduction(result, table.title, os.path.join(out, "table.png"))
+    figure = plot_reproduction(result, titled(table, args), os.path.join(out, "table.png"))
     print("\n" + text + f"\n\nwritten: {os.path.join(out, 'table.md')}, table.csv"
           + (", table.png" if figure else f"; no figure: {figure_note()}"))
     if stopped is not None:
