@@ -20,6 +20,7 @@ command that continues. The result goes to OUT/table.md, OUT/table.csv and OUT/t
 """
 import argparse
 import csv
+import functools
 import json
 import os
 import shlex
@@ -142,9 +143,15 @@ def run_finished(run_dir: str) -> bool:
     return any(r["epoch"] == epochs for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")))
 
 
+@functools.lru_cache(maxsize=None)
+def stage_slug(maxnorm_extra: str) -> str:
+    """The recipe part of the MaxNorm stage's report names for these flags, as the stage names it."""
+    return variant_slug(stage_options(stage_parser().parse_args(["--resume", "x", *shlex.split(maxnorm_extra)])))
+
+
 def stage_reports(run_dir: str, maxnorm_extra: str) -> Dict[str, str]:
     """{'last': path, 'best': path} of the MaxNorm stage's reports on the run's best checkpoint."""
-    slug = variant_slug(stage_options(stage_parser().parse_args(["--resume", run_dir, *shlex.split(maxnorm_extra)])))
+    slug = stage_slug(maxnorm_extra)
     return {w: os.path.join(run_dir, "eval", f"maxnorm-best-{slug}-{w}.json") for w in ("last", "best")}
 
 

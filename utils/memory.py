@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from utils.errors import UsageError
+from utils.speed import AMP_DTYPES
 
 GB = 1e9
 
@@ -68,7 +69,7 @@ class MemoryEstimate:
 def estimate_training_memory(build: Callable[[], nn.Module], image_size: int, batch: int, glmc: bool,
                              amp: str = "off") -> MemoryEstimate:
     """The estimate for a per-process batch of `batch` images of `image_size` px (GLMC or the CE baseline)."""
-    dtype = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[amp]
+    dtype = AMP_DTYPES.get(amp, torch.float32)
     with torch.device("meta"):
         parameters = sum(p.numel() for p in build().parameters())
     forwards, views = (2, 4) if glmc else (1, 0)  # GLMC: two mixes of a1, a2, b1, b2; CE: the view is the input
