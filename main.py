@@ -22,34 +22,36 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
-from datasets import CIFAR_INFO, LIST_DATASETS, DataBundle, build_data, build_loaders, canonical_dataset, data_seed
-from datasets.args import add_data_args, check_data_args
+from datasets import (CIFAR_INFO, DataBundle, build_data, build_loaders, canonical_dataset, class_count_line,
+                      data_seed)
+from datasets.args import add_data_args, check_data_args, data_flag_applies
 from datasets.image_files import preflight
+from glmc.args import add_method_args, check_method_args, method_flag_applies
+from glmc.losses import LossOptions, cumulative_alpha, evaluation_head, log_class_prior
+from glmc.schedule import build_scheduler, lr_per_epoch, summarize_lr
+from glmc.train_step import COMPILE_MODES, CEStep, GLMCStep, train_step
 from models import build_model, count_parameters
+from models.args import add_model_args, check_model_args, model_flag_applies
 from models.heads import CLASSIFIERS
-from models.args import add_model_args, check_model_args
-from utils.checkpoint import BackgroundWriter, first_non_finite, load_weights, read_checkpoint, unwrap
-from utils.config import (FlagTrackingParser, add_run_args, check_run_args, command_line, run_cli,
-                          select_device)
+from utils.checkpoint import load_weights, read_checkpoint
+from utils.config import (FlagTrackingParser, add_run_args, check_run_args, command_line, configuration_lines,
+                          run_cli, select_device)
 from utils.distributed import (World, any_rank, broadcast_object, close_world, elastic_job, elastic_restarts,
                                init_world, main_rank_first)
-from utils.errors import EXIT_DIVERGED, RunStopped, UsageError, WriteFailed
+from utils.errors import RunStopped, UsageError, WriteFailed
 from utils.interrupt import StopRequest
-from utils.losses import LossOptions, cumulative_alpha, evaluation_head, log_class_prior
 from utils.memory import check_fits, estimate_training_memory
 from utils.metrics import evaluate, format_group
 from utils.presets import PRESET_FLAGS, RELEASED_DEFAULTS, apply_paper_presets, mark_preset_flags, preset_table
 from utils.progress import DivergenceWatch, EpochProgress, format_duration, remaining_time
-from utils.rng import restore_rng_states, rng_states, seed_everything
+from utils.rng import restore_rng_states, seed_everything
+from utils.run_checkpoints import RunCheckpoints
 from utils.run_log import RunLog, library_versions, write_json
-from utils.runs import (RunLock, adopt_checkpoint_args, append_metrics, check_resumable, check_training_set,
-                        checkpoint_description, defining_flags, describe_run, elastic_run_to_continue,
-                        forget_elastic_runs, new_run_folder, remember_elastic_run, remove_temporaries,
-                        repair_records, resume_checkpoint_path, resumed_folders, run_folder_name, variant_tag)
-from utils.schedule import build_scheduler, lr_per_epoch, summarize_lr
+from utils.runs import (RunLock, adopt_checkpoint_args, check_resumable, check_training_set, checkpoint_description,
+                        defining_flags, describe_run, elastic_run_to_continue, forget_elastic_runs, new_run_folder,
+                        remember_elastic_run, remove_temporaries, repair_records, resume_checkpoint_path,
+                        resumed_folders, run_folder_name, variant_tag)
 from utils.speed import grad_scaler, prepare_model
-from utils.train_step import COMPILE_MODES, CEStep, GLMCStep, train_step
-
 
 PRESETS_EPILOG = "\n\n".join([
     textwrap.fill("A flag whose default reads 'preset per data set' takes, when left out, the paper's value for "
@@ -76,38 +78,7 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="ImageNet-LT/iNat warm-up: 'late' reproduces the released schedule (the warm-up rule "
                         "applied after each epoch, so epoch 1 runs at --lr and epochs 2-12 at 0.1x..1.1x), "
                         "'on_time' applies it before each epoch")
-    g = parser.add_argument_group("method (other defaults: the released code's behaviour)")
-    g.add_argument("--resample_weighting", type=float,
-                   help="q of the re-sampling loader: class weight n_c ** -q (0: uniform with replacement)")
-    g.add_argument("--label_weighting", type=float,
-                   help="gamma of the re-weighted soft labels: class weight n_c ** -gamma")
-    g.add_argument("--contrast_weight", type=float, help="weight of the consistency loss")
-    g.add_argument("--beta", type=float, default=0.5,
-                   help="Beta(beta, beta) parameter; used only with --lambda_dist beta")
-    g.add_argument("--lambda_dist", default="uniform", choices=["uniform", "beta"],
-                   help="mixing coefficient: 'uniform' on [0, 1] as released (--beta unused), "
-                        "or 'beta' = Beta(--beta, --beta) as in the paper")
-    g.add_argument("--local_label", default="lambda", choices=["lambda", "area"],
-                   help="label weight of the CutMix image: lambda as released, or the pasted area (paper)")
-    g.add_argument("--mix_reduction", default="sum", choices=["sum", "mean"],
-                   help="combine the two mixes' losses by their sum as released, or their mean (paper)")
-    g.add_argument("--balanced_softmax", action="store_true",
-                   help="the 'GLMC + BS' row: the re-balanced term's cross-entropy on fc_cb logits shifted by "
-                        "log(class prior) (balanced softmax, Ren et al. 2020); not in the released code")
-    g = parser.add_argument_group("baseline and ablations (each switch turns one part off and nothing else)")
-    g.add_argument("--method", default="glmc", choices=["glmc", "ce"],
-                   help="'ce': plain cross-entropy baseline (one view, no mixing, no second loader, "
-                        "evaluated with fc) on the same data, backbone, schedule and evaluation")
-    g.add_argument("--no_global_mix", action="store_true", help="no global MixUp: that branch sees its plain view")
-    g.add_argument("--no_local_mix", action="store_true", help="no local CutMix: that branch sees its plain view")
-    g.add_argument("--no_consistency", action="store_true", help="drop the consistency loss")
-    g.add_argument("--no_reweight", action="store_true",
-                   help="train fc_cb on the plain soft labels instead of the re-weighted ones")
-    g.add_argument("--fixed_alpha", type=float, default=None,
-                   help="no cumulative schedule: alpha fixed at this value (1 = balance term only)")
-    g.add_argument("--seeds", default=None,
-                   help="comma-separated seeds, e.g. 1,2,3: one run per seed, in sibling run folders; the "
-                        "training images follow each seed unless --data_seed fixes them")
+    add_method_args(parser)
     g = parser.add_argument_group("speed and scale")
     g.add_argument("--data_path", default="tensor", choices=["tensor", "pil"],
                    help="CIFAR only: 'tensor' makes the crops and flips as batched tensor operations on the "
@@ -133,6 +104,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--resume", default=None,
                    help="continue a run: its run folder (or its ckpt.pth.tar). The run keeps the settings it "
                         "started with; only operational flags (-j, -p, --gpu, --root, ...) may change")
+    g.add_argument("--seeds", default=None,
+                   help="comma-separated seeds, e.g. 1,2,3: one run per seed, in sibling run folders; the "
+                        "training images follow each seed unless --data_seed fixes them")
     g.add_argument("--dry_run", action="store_true",
                    help="build data, loaders and model, print the configuration, write args.json, then exit")
     g.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard scalars")
@@ -144,16 +118,13 @@ def check_args(args: argparse.Namespace) -> None:
     check_data_args(args)
     check_model_args(args)
     check_run_args(args)
+    check_method_args(args)
     for flag in ("epochs", "lr"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} {getattr(args, flag)} must be positive")
-    for flag in ("resample_weighting", "label_weighting", "weight_decay", "momentum"):
+    for flag in ("weight_decay", "momentum"):
         if getattr(args, flag) < 0:
             raise UsageError(f"--{flag} {getattr(args, flag)} must not be negative")
-    if args.lambda_dist == "beta" and args.beta <= 0:
-        raise UsageError(f"--beta {args.beta} must be positive with --lambda_dist beta")
-    if args.fixed_alpha is not None and not 0.0 <= args.fixed_alpha <= 1.0:
-        raise UsageError(f"--fixed_alpha {args.fixed_alpha} must lie in [0, 1]")
     if args.print_freq <= 0:
         raise UsageError(f"-p/--print_freq {args.print_freq} must be positive")
 
@@ -263,46 +234,15 @@ def other_heads(args) -> Tuple[str, ...]:
     return tuple(h for h in CLASSIFIERS if h != eval_head(args))
 
 
-CIFAR_ONLY = {"imbanlance_rate", "split", "data_seed", "no_download", "data_path"}
-IMAGE_FILES_ONLY = {"image_size", "skip_bad_images"}
-LISTS_ONLY = {"dir_train_txt", "dir_test_txt"}
-GLMC_ONLY = {"resample_weighting", "label_weighting", "contrast_weight", "beta", "lambda_dist", "local_label",
-             "mix_reduction", "balanced_softmax", "no_global_mix", "no_local_mix", "no_consistency", "no_reweight",
-             "fixed_alpha"}
-NOT_SHOWN = {"dry_run", "debug", "help", "resume", "start_epoch", "seeds"}
-
-
-def applies(dest: str, args: argparse.Namespace) -> bool:
-    """Whether flag `dest` means anything for this data set, network and method (and is set)."""
-    value = getattr(args, dest, None)
-    cifar = args.dataset in CIFAR_INFO
-    return not (dest in NOT_SHOWN or value is None or value is False
-                or (dest in CIFAR_ONLY and not cifar) or (dest in IMAGE_FILES_ONLY and cifar)
-                or (dest in LISTS_ONLY and args.dataset not in LIST_DATASETS)
-                or (dest in GLMC_ONLY and args.method == "ce")
-                or (dest == "warmup" and args.dataset not in LIST_DATASETS)
-                or (dest == "beta" and args.lambda_dist != "beta") or (dest == "width" and args.arch != "resnet32"))
-
-
-def describe(args, data: DataBundle, n_params: int, log: RunLog, sources: Dict[str, str], lrs) -> None:
-    """The configuration grouped as in --help, each value's source, the data, the schedule."""
-    log.print(f"configuration (only the flags that apply; '(given)' on the command line, '(preset)' the paper's "
-              f"value for {args.dataset}, the rest at their defaults):")
-    for group in get_args_parser()._action_groups:
-        items = [f"{a.dest}={getattr(args, a.dest)}"
-                 + (f" ({sources[a.dest]})" if sources.get(a.dest) in ("given", "preset") else "")
-                 for a in group._group_actions if applies(a.dest, args)]
-        if items:
-            log.print(f"  {group.title.split(' (')[0]}: " + ", ".join(items))
-    counts = data.train_counts
-    shown = str(counts) if len(counts) <= 100 else (
-        f"{counts[:10]} ... {counts[-10:]} (max {max(counts)}, min {min(counts)}; all {len(counts)} in args.json)")
-    log.print(f"training images per class ({sum(counts)} in all): {shown}")
-    log.print(f"test images: {len(data.test)}; parameters: {n_params:,}")
-    log.print(f"learning rate per epoch: {summarize_lr(lrs)} (every epoch in args.json)")
+def start_lines(args, data: DataBundle, n_params: int, sources: Dict[str, str], lrs: List[float]) -> List[str]:
+    """What a run prints before training: the configuration, the data, the schedule, the evaluated classifier."""
     head, why = evaluation_head(args.method, args.fixed_alpha, args.epochs)
-    log.print(f"evaluated with {head} ({why}); every epoch's record also holds the top-1 of "
-              + ", ".join(other_heads(args)))
+    return (configuration_lines(get_args_parser(), args, sources,
+                                (data_flag_applies, model_flag_applies, method_flag_applies))
+            + [class_count_line(data.train_counts), f"test images: {len(data.test)}; parameters: {n_params:,}",
+               f"learning rate per epoch: {summarize_lr(lrs)} (every epoch in args.json)",
+               f"evaluated with {head} ({why}); every epoch's record also holds the top-1 of "
+               + ", ".join(other_heads(args))])
 
 
 def read_resume_checkpoint(args: argparse.Namespace, world_size: int) -> Optional[Dict]:
@@ -461,7 +401,8 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
     if world.is_main:
         tidy_run_folder(run_dir, ckpt_dir, checkpoint, args.resume, log.print)
     lrs = lr_per_epoch(args.dataset, args.epochs, args.lr, late_warmup=args.warmup == "late")
-    describe(args, data, n_params, log, description.get("flag_sources", {}), lrs)
+    for line in start_lines(args, data, n_params, description.get("flag_sources", {}), lrs):
+        log.print(line)
     if not checkpoint and world.is_main:
         write_json(os.path.join(run_dir, "args.json"), {
             **description, "parameters": n_params, "versions": library_versions(),
@@ -498,30 +439,8 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
             scheduler.step()
     again = command_line("main.py", get_args_parser(), args, skip=("resume", "seeds", "name", "root_log"),
                          extra=["--resume", shlex.quote(run_dir)])
-    writer = BackgroundWriter()  # each epoch's checkpoint and metrics line are written while the next trains
-
-    def save(epochs_done: int, is_best: bool, record: Optional[Dict] = None,
-             in_epoch: Optional[EpochProgress] = None) -> None:
-        """Refuses non-finite weights or BatchNorm statistics; a failed write keeps the last checkpoint."""
-        state_dict = unwrap(model).state_dict()
-        bad = first_non_finite(state_dict)
-        (diverged,) = any_rank(world, [bad is not None], device)
-        if diverged:
-            raise RunStopped(f"non-finite values in {bad or 'the model of another process'} at epoch "
-                             f"{epochs_done + (1 if in_epoch else 0)}: the run diverged (is --lr too large?). "
-                             "Nothing was saved; the last checkpoint is left intact.", EXIT_DIVERGED)
-        if world.is_main:
-            state = {"epoch": epochs_done, "arch": args.arch, "state_dict": state_dict, "best_acc1": best_acc1,
-                     "best_epoch": best_epoch, "optimizer": optimizer.state_dict(),
-                     "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict() if scaler else None,
-                     "rng": rng_states(device), "in_epoch": in_epoch.snapshot() if in_epoch else None,
-                     "record": record, "run": description, "run_dir": run_dir}
-            metrics = os.path.join(run_dir, "metrics.jsonl")
-            writer.save(state, ckpt_dir, is_best, every=20 if in_epoch is None else 0,
-                        after=(lambda: append_metrics(metrics, record)) if record else None)
-            if in_epoch is not None:
-                writer.wait()  # the process stops next: the checkpoint must be on disk
-
+    checkpoints = RunCheckpoints(run_dir, ckpt_dir, description, world, device, args.arch, model, optimizer,
+                                 scheduler, scaler)
     result = None
     with StopRequest(also=log.to_file) as stop:
         try:
@@ -530,7 +449,7 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
                 train_stats = train_one_epoch(model, optimizer, train_loader, step_loss, epoch, args, log,
                                               progress, stop, device, world, scaler)
                 if progress.step < len(train_loader):  # stopped by a signal mid-epoch
-                    save(epoch, False, in_epoch=progress)
+                    checkpoints.save(epoch, best_acc1, best_epoch, False, in_epoch=progress)
                     raise RunStopped(f"stopped by {stop.name or 'a signal to another process'} at epoch {epoch + 1}, "
                                      f"step {progress.step}/{len(train_loader)}; the run resumes mid-epoch at step "
                                      f"{progress.step + 1}:\n  {again}", stop.exit_code)
@@ -545,25 +464,21 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
                     best_acc1, best_epoch = result["top1"], epoch + 1
                 record = epoch_record(epoch, lr, train_stats, result, best_acc1)
                 record["eval_seconds"] = time.time() - train_end
-                save(epoch + 1, is_best, record)  # the latest checkpoint first, then its metrics line
+                checkpoints.save(epoch + 1, best_acc1, best_epoch, is_best, record)  # then its metrics line
                 log_epoch(log, args.epochs, record, args.shot_rule)
                 (stopping,) = any_rank(world, [stop.signum is not None], device)
                 if stopping and epoch + 1 < args.epochs:
-                    writer.wait()
+                    checkpoints.wait()
                     raise RunStopped(f"stopped by {stop.name or 'a signal to another process'} after epoch "
                                      f"{epoch + 1}; the run resumes at the epoch boundary (epoch {epoch + 2}):\n"
                                      f"  {again}", stop.exit_code)
-            writer.wait()
+            checkpoints.wait()
             if result is not None:
                 log.print(f"done: best top-1 {best_acc1:.2f} (epoch {best_epoch}), last top-1 {result['top1']:.2f}")
         except WriteFailed as exc:
-            writer.join()  # a later write may still be under way
-            has_checkpoint = os.path.isfile(os.path.join(ckpt_dir, "ckpt.pth.tar"))
-            advice = (f"The last good checkpoint is kept; once fixed, continue with:\n  {again}" if has_checkpoint
-                      else "The run had no checkpoint yet; start it again once fixed")
-            raise WriteFailed(exc.path, exc.cause, advice) from exc
+            raise checkpoints.write_failed(exc, again) from exc
         finally:
-            writer.join()  # whatever stops the run, the checkpoint being written is finished first
+            checkpoints.join()  # whatever stops the run, the checkpoint being written is finished first
     return result
 
 

@@ -27,8 +27,8 @@ from models.args import add_model_args, check_model_args
 from utils.checkpoint import read_checkpoint
 from utils.config import FlagTrackingParser, add_run_args, check_run_args, run_cli, select_device
 from utils.errors import UsageError, writing
-from utils.losses import log_class_prior
-from utils.maxnorm import max_norm_threshold, project_rows_, tau_normalize_rows_
+from glmc.losses import log_class_prior
+from glmc.maxnorm import max_norm_threshold, project_rows_, tau_normalize_rows_
 from utils.metrics import predict, summarize
 from utils.presets import mark_preset_flags, preset_network_and_crop
 from utils.report import confusion_cells, plot_per_class, table

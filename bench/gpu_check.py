@@ -131,9 +131,9 @@ def measure(spec: Dict) -> Dict:
     from datasets.transforms import CIFAR_STATS
     from models import build_model
     from utils.distributed import World
-    from utils.losses import LossOptions, cumulative_alpha
+    from glmc.losses import LossOptions, cumulative_alpha
     from utils.speed import prepare_model
-    from utils.train_step import GLMCStep, train_step
+    from glmc.train_step import GLMCStep, train_step
 
     amp, channels_last, mode = SETTINGS[spec["setting"]]
     device = torch.device(spec["device"])

@@ -22,9 +22,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from models import build_model  # noqa: E402
-from utils.losses import LossOptions, class_balance_weights, glmc_loss  # noqa: E402
+from glmc.losses import LossOptions, glmc_loss  # noqa: E402
+from utils.class_weights import class_balance_weights  # noqa: E402
 from utils.memory import estimate_training_memory  # noqa: E402
-from utils.mixing import device_mix, draw_mix, weight_pair  # noqa: E402
+from glmc.mixing import device_mix, draw_mix, weight_pair  # noqa: E402
 
 DEFAULT_CONFIGS = ["resnet32:32:64:64", "resnet32:32:64:16", "resnet50:64:16"]
 

@@ -2,7 +2,7 @@
 
     pip install mutmut==2.5.1
     python bench/mutation_score.py                      # every core file (about an hour on 2 cores)
-    python bench/mutation_score.py utils/mixing.py      # one file
+    python bench/mutation_score.py glmc/mixing.py      # one file
     python bench/mutation_score.py --json scores.json
 
 Works on a copy of the working tree (the tree itself is never mutated). Each file is
@@ -26,10 +26,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FAST = "python -m pytest -x -q -m 'not slow' -p no:cacheprovider"
 # core file -> the fast tests that exercise it
 CORE = {
-    "utils/losses.py": ["tests/test_method.py"],
-    "utils/mixing.py": ["tests/test_method.py"],
+    "glmc/losses.py": ["tests/test_method.py"],
+    "glmc/mixing.py": ["tests/test_method.py"],
     "utils/metrics.py": ["tests/test_metrics.py"],
-    "utils/schedule.py": ["tests/test_schedule.py", "tests/test_image_files.py"],
+    "glmc/schedule.py": ["tests/test_schedule.py", "tests/test_image_files.py"],
     "datasets/cifar_lt.py": ["tests/test_data.py"],
     "datasets/tensor_path.py": ["tests/test_speed_and_scale.py"],
     "datasets/loaders.py": ["tests/test_data.py", "tests/test_speed_and_scale.py"],

@@ -17,8 +17,9 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from models import build_model  # noqa: E402
-from utils.losses import LossOptions, class_balance_weights, glmc_loss  # noqa: E402
-from utils.mixing import device_mix, draw_mix, weight_pair  # noqa: E402
+from glmc.losses import LossOptions, glmc_loss  # noqa: E402
+from utils.class_weights import class_balance_weights  # noqa: E402
+from glmc.mixing import device_mix, draw_mix, weight_pair  # noqa: E402
 
 
 def time_steps(arch: str, width: int, num_classes: int, size: int, batch: int, steps: int, warmup: int,

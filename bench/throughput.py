@@ -37,10 +37,10 @@ from datasets.loaders import ImageArrayDataset  # noqa: E402
 from datasets.transforms import TwoViews, cifar_test_transform, cifar_train_transform  # noqa: E402
 from models import build_model  # noqa: E402
 from utils.distributed import World  # noqa: E402
-from utils.losses import LossOptions  # noqa: E402
+from glmc.losses import LossOptions  # noqa: E402
 from utils.metrics import evaluate  # noqa: E402
 from utils.speed import autocast, prepare_model  # noqa: E402
-from utils.train_step import GLMCStep  # noqa: E402
+from glmc.train_step import GLMCStep  # noqa: E402
 
 EPOCHS, BATCH, TEST_IMAGES = 200, 64, 10000
 

@@ -1,4 +1,8 @@
-"""Data sets for GLMC: `build_data(args)` returns the training and test sets and the class counts."""
+"""Data sets for GLMC: `build_data(args)` returns the training and test sets and the class counts.
+
+`datasets/` imports `utils/` (errors, the per-class weights of the re-sampling loader), never
+`glmc/` (the method) or `models/`.
+"""
 import hashlib
 import os
 import sys
@@ -39,6 +43,13 @@ class DataBundle:
     class_names: Optional[List[str]] = None
     files: List[Tuple[str, List[str]]] = field(default_factory=list)  # (name, paths) for the preflight check
     fingerprint: str = ""  # identifies the training images and labels (not where they are stored)
+
+
+def class_count_line(counts: List[int]) -> str:
+    """The training images per class, in one line (the first and last ten for more than 100 classes)."""
+    shown = str(counts) if len(counts) <= 100 else (
+        f"{counts[:10]} ... {counts[-10:]} (max {max(counts)}, min {min(counts)}; all {len(counts)} in args.json)")
+    return f"training images per class ({sum(counts)} in all): {shown}"
 
 
 def fingerprint_arrays(images, labels) -> str:

@@ -1,8 +1,8 @@
 """The data flags of main.py, test.py and the MaxNorm stage, and their checks."""
 import argparse
 
-from datasets import DATASETS
-from datasets.cifar_lt import SPLITS
+from datasets import DATASETS, LIST_DATASETS
+from datasets.cifar_lt import CIFAR_INFO, SPLITS
 from utils.errors import UsageError
 
 
@@ -65,6 +65,18 @@ def add_data_args(parser: argparse.ArgumentParser, training: bool = True) -> Non
     g.add_argument("--data_seed", type=int, default=None,
                    help="seed that picks the CIFAR-LT images (--split released/replacement); default: --seed, "
                         "as released. Give it to vary the training seed on a fixed training set")
+
+
+CIFAR_ONLY = {"imbanlance_rate", "split", "data_seed", "no_download", "data_path"}
+IMAGE_FILES_ONLY = {"image_size", "skip_bad_images"}
+LISTS_ONLY = {"dir_train_txt", "dir_test_txt"}
+
+
+def data_flag_applies(dest: str, args: argparse.Namespace) -> bool:
+    """False for a data flag that this data set ignores (CIFAR's split flags for image files, ...)."""
+    cifar = args.dataset in CIFAR_INFO
+    return not ((dest in CIFAR_ONLY and not cifar) or (dest in IMAGE_FILES_ONLY and cifar)
+                or (dest in LISTS_ONLY and args.dataset not in LIST_DATASETS))
 
 
 def check_data_args(args: argparse.Namespace) -> None:

@@ -13,7 +13,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from datasets.image_files import collate_fn_for, sample_index
-from utils.losses import class_balance_weights
+from utils.class_weights import class_balance_weights
 
 
 class ImageArrayDataset(Dataset):

@@ -1,4 +1,5 @@
-"""Model registry: `build_model(arch, num_classes, width)`."""
+"""Model registry: `build_model(arch, num_classes, width)`. `models/` imports `utils/` (checkpoint
+loading, errors), never `glmc/` (the method) or `datasets/`."""
 from typing import Callable, Dict
 
 from torch import nn

@@ -18,3 +18,8 @@ def check_model_args(args: argparse.Namespace) -> None:
         raise UsageError(f"--width {args.width} applies to resnet32 only, not to -a {args.arch}")
     if args.width <= 0 or args.width % 4:
         raise UsageError(f"--width {args.width} must be a positive multiple of 4 (option-A shortcuts pad by a quarter)")
+
+
+def model_flag_applies(dest: str, args: argparse.Namespace) -> bool:
+    """False for --width with a network other than resnet32."""
+    return not (dest == "width" and args.arch != "resnet32")

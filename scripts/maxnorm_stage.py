@@ -46,7 +46,7 @@ from models.args import add_model_args, check_model_args  # noqa: E402
 from utils.checkpoint import atomic_save, read_checkpoint  # noqa: E402
 from utils.config import FlagTrackingParser, add_run_args, check_run_args, run_cli, select_device  # noqa: E402
 from utils.errors import UsageError, writing  # noqa: E402
-from utils.maxnorm import (BN_MODES, INPUTS, LOSSES, LR_STEPS, PROJECTIONS, StageOptions,  # noqa: E402
+from glmc.maxnorm import (BN_MODES, INPUTS, LOSSES, LR_STEPS, PROJECTIONS, StageOptions,  # noqa: E402
                            extract_features, feature_batches, train_second_stage)
 from utils.metrics import evaluate  # noqa: E402
 from utils.presets import mark_preset_flags, preset_network_and_crop  # noqa: E402

@@ -37,7 +37,7 @@ from scripts.maxnorm_stage import get_args_parser as stage_parser, stage_options
 from scripts.results import read_run  # noqa: E402
 from utils.errors import UsageError  # noqa: E402
 from utils.figures import plot_reproduction  # noqa: E402
-from utils.paper_tables import TABLES, Cell, Row, Table  # noqa: E402
+from glmc.paper_tables import TABLES, Cell, Row, Table  # noqa: E402
 from utils.runs import LATEST, read_metrics  # noqa: E402
 from utils.sweep import DONE, FAILED, Job, Sweep  # noqa: E402
 

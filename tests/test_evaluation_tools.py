@@ -109,7 +109,7 @@ def test_row_rescaling_against_hand_computation(trained, tmp_path, flag, value, 
 
 
 def test_tau_normalisation_of_hand_rows():
-    from utils.maxnorm import tau_normalize_rows_
+    from glmc.maxnorm import tau_normalize_rows_
     weight = torch.tensor([[3.0, 4.0], [0.0, 0.5]])  # norms 5 and 0.5
     tau_normalize_rows_(weight, 1.0)
     assert torch.allclose(weight, torch.tensor([[0.6, 0.8], [0.0, 1.0]]))

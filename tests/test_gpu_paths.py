@@ -17,6 +17,7 @@ import main as train_script
 import utils.distributed as distributed
 import utils.progress as progress
 import utils.rng as rng
+import utils.run_checkpoints as run_checkpoints
 from tests.conftest import CUDA, ROOT, TINY_TRAIN, sigterm_when
 from utils.errors import UsageError
 
@@ -107,6 +108,7 @@ def test_stop_requests_are_exchanged_only_at_progress_lines_under_torchrun(tmp_p
         return any_rank
 
     monkeypatch.setattr(train_script, "any_rank", counting("main"))
+    monkeypatch.setattr(run_checkpoints, "any_rank", counting("main"))  # the check before each checkpoint
     monkeypatch.setattr(progress, "any_rank", counting("divergence"))
     monkeypatch.setattr(train_script, "init_world", lambda: train_script.World(0, 2, 0))
     monkeypatch.setattr(train_script, "broadcast_object", lambda world, obj: obj)

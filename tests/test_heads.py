@@ -12,7 +12,7 @@ from datasets import build_data
 from scripts import maxnorm_stage
 from tests.conftest import TINY_DATA, TINY_TRAIN
 from utils.checkpoint import load_weights
-from utils.losses import evaluation_head
+from glmc.losses import evaluation_head
 
 
 @pytest.mark.parametrize("method, fixed_alpha, epochs, head", [

@@ -15,7 +15,7 @@ from models import build_model, count_parameters
 from scripts.make_inat_lists import main as make_inat_lists
 from tests.conftest import ROOT, released_layout
 from utils.errors import UsageError
-from utils.schedule import WarmupCosineFactor
+from glmc.schedule import WarmupCosineFactor
 
 
 def write_jpeg(path, seed, size=40):

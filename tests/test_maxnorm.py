@@ -9,12 +9,12 @@ import torch
 from torch import nn
 
 import main as train_script
-import utils.maxnorm as maxnorm
+import glmc.maxnorm as maxnorm
 from scripts import maxnorm_stage
 from tests.conftest import write_cifar
 from tests.test_image_files import folder_style, imagenet_style
 from utils.checkpoint import strip_prefixes
-from utils.maxnorm import (StageOptions, cb_focal_loss, cb_softmax_loss, class_balanced_weights, max_norm_threshold,
+from glmc.maxnorm import (StageOptions, cb_focal_loss, cb_softmax_loss, class_balanced_weights, max_norm_threshold,
                            project_rows_, stage_lr, train_second_stage)
 
 

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.losses import (LossOptions, ce_loss, class_balance_weights, cumulative_alpha, glmc_loss, log_class_prior,
-                          negative_cosine)
-from utils.mixing import HostMix, box_mask, cutmix_box, device_mix, draw_mix, epoch_mixes, local_mix, weight_pair
+from glmc.losses import LossOptions, ce_loss, cumulative_alpha, glmc_loss, log_class_prior, negative_cosine
+from glmc.mixing import HostMix, box_mask, cutmix_box, device_mix, draw_mix, epoch_mixes, local_mix, weight_pair
+from utils.class_weights import class_balance_weights
 
 
 class TinyNet(nn.Module):

@@ -12,7 +12,7 @@ import torch
 
 import main as train_script
 import test as test_script
-import utils.train_step as train_step_module
+import glmc.train_step as train_step_module
 from tests.conftest import ROOT, TINY_DATA, TINY_TRAIN, sigterm_when, write_cifar
 from utils.config import run_cli
 

@@ -17,6 +17,7 @@ import test as test_script
 from scripts import maxnorm_stage
 from tests.conftest import ROOT, TINY_TRAIN, sigterm_when, write_cifar
 from utils import checkpoint as checkpoint_module
+from utils.checkpoint import unwrap
 from utils.config import run_cli
 
 pytestmark = pytest.mark.slow  # trains networks or starts processes
@@ -327,7 +328,7 @@ def test_non_finite_batchnorm_statistics_stop_before_saving(tmp_path, data_root,
 
     def epoch_then_blow_up(model, *a, **kw):
         stats = real_epoch(model, *a, **kw)
-        train_script.unwrap(model).bn1.running_var.fill_(float("inf"))  # the loss itself stayed finite
+        unwrap(model).bn1.running_var.fill_(float("inf"))  # the loss itself stayed finite
         return stats
 
     monkeypatch.setattr(train_script, "train_one_epoch", epoch_then_blow_up)

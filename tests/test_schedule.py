@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from utils.schedule import WarmupCosineFactor, build_scheduler, lr_factor
+from glmc.schedule import WarmupCosineFactor, build_scheduler, lr_factor
 
 
 def rates(dataset: str, epochs: int, lr: float, **kw):

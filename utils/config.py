@@ -5,7 +5,7 @@ import os
 import shlex
 import signal
 import sys
-from typing import Sequence
+from typing import Callable, Dict, List, Sequence
 
 import torch
 
@@ -69,6 +69,33 @@ def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Na
         else:
             tokens += [option, shlex.quote(str(value))]
     return " ".join(tokens + list(extra))
+
+
+NOT_SHOWN = {"dry_run", "debug", "help", "resume", "start_epoch", "seeds"}
+
+def is_set(value) -> bool:
+    """A flag value other than None (not given, no default) or False (a switch left off); 0 is set."""
+    return value is not None and value is not False
+
+
+FlagRule = Callable[[str, argparse.Namespace], bool]
+
+
+def configuration_lines(parser: argparse.ArgumentParser, args: argparse.Namespace, sources: Dict[str, str],
+                        rules: Sequence[FlagRule]) -> List[str]:
+    """The configuration grouped as in --help, each value with its source: the flags that are set and that
+    every rule (data set, network, method: `rule(dest, args)`) says mean something for this run."""
+    lines = [f"configuration (only the flags that apply; '(given)' on the command line, '(preset)' the paper's "
+             f"value for {args.dataset}, the rest at their defaults):"]
+    for group in parser._action_groups:
+        items = [f"{a.dest}={getattr(args, a.dest)}"
+                 + (f" ({sources[a.dest]})" if sources.get(a.dest) in ("given", "preset") else "")
+                 for a in group._group_actions
+                 if a.dest not in NOT_SHOWN and is_set(getattr(args, a.dest, None))
+                 and all(rule(a.dest, args) for rule in rules)]
+        if items:
+            lines.append(f"  {group.title.split(' (')[0]}: " + ", ".join(items))
+    return lines
 
 
 def add_run_args(parser: argparse.ArgumentParser, training: bool = True) -> None:

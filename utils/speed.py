@@ -1,4 +1,4 @@
-"""Mixed precision, channels_last and DistributedDataParallel wrapping (torch.compile: utils/train_step.py)."""
+"""Mixed precision, channels_last and DistributedDataParallel wrapping (torch.compile: glmc/train_step.py)."""
 import contextlib
 from typing import Optional
 

@@ -10,8 +10,9 @@ from typing import Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from utils.losses import LossOptions, ce_loss, class_balance_weights, glmc_loss
-from utils.mixing import MixTable, epoch_mixes, weight_pair
+from glmc.losses import LossOptions, ce_loss, glmc_loss
+from glmc.mixing import MixTable, epoch_mixes, weight_pair
+from utils.class_weights import class_balance_weights
 from utils.speed import autocast
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from utils.mixing import Mix, global_mix, local_mix
+from glmc.mixing import Mix, global_mix, local_mix
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,6 @@ class LossOptions:
     consistency: bool = True
     reweight: bool = True
     log_prior: Optional[torch.Tensor] = None
-
-
-def class_balance_weights(counts: Sequence[int], power: float) -> torch.Tensor:
-    """w_c = n_c ** -power, normalised to sum to C (classes with no image get 0)."""
-    n = torch.tensor(counts, dtype=torch.float64)
-    w = torch.where(n > 0, n.clamp(min=1) ** -power, torch.zeros_like(n))
-    return (w / w.sum() * len(counts)).float()
 
 
 def cumulative_alpha(epoch: int, epochs: int) -> float:
@@ -79,7 +72,7 @@ def glmc_loss(model: nn.Module, a1: torch.Tensor, a2: torch.Tensor, y: torch.Ten
               class_weights: torch.Tensor, alpha: torch.Tensor,
               opts: LossOptions = LossOptions()) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
     """One GLMC step's loss. (a1, a2, y): original views and labels; (b1, b2, y_b): partner's;
-    `alpha` holds (alpha, 1 - alpha) on the device (see `utils.mixing.weight_pair`)."""
+    `alpha` holds (alpha, 1 - alpha) on the device (see `glmc.mixing.weight_pair`)."""
     x_g = global_mix(a1, b1, mix.lam) if opts.global_mix else a1
     x_l = local_mix(a2, b2, mix.box) if opts.local_mix else a2
 
