@@ -33,7 +33,7 @@ from glmc.train_step import COMPILE_MODES, CEStep, GLMCStep, train_step
 from models import build_model, count_parameters
 from models.args import add_model_args, check_model_args, model_flag_applies
 from models.heads import CLASSIFIERS
-from utils.checkpoint import load_weights, read_checkpoint
+from utils.checkpoint import load_weights
 from utils.config import (FlagTrackingParser, add_run_args, check_run_args, command_line, configuration_lines,
                           run_cli, select_device)
 from utils.distributed import (World, any_rank, broadcast_object, close_world, elastic_job, elastic_restarts,
@@ -49,8 +49,8 @@ from utils.run_checkpoints import RunCheckpoints
 from utils.run_log import RunLog, library_versions, write_json
 from utils.runs import (RunLock, adopt_checkpoint_args, check_resumable, check_training_set, checkpoint_description,
                         defining_flags, describe_run, elastic_run_to_continue, forget_elastic_runs, new_run_folder,
-                        remember_elastic_run, remove_temporaries, repair_records, resume_checkpoint_path,
-                        resumed_folders, run_folder_name, variant_tag)
+                        read_resume_checkpoint_file, remember_elastic_run, remove_temporaries, repair_records,
+                        resume_checkpoint_path, resumed_folders, run_folder_name, variant_tag)
 from utils.speed import grad_scaler, prepare_model
 
 PRESETS_EPILOG = "\n\n".join([
@@ -254,7 +254,7 @@ def read_resume_checkpoint(args: argparse.Namespace, world_size: int) -> Optiona
     if not args.resume:
         return None
     args.resume = resume_checkpoint_path(args.resume)
-    checkpoint = read_checkpoint(args.resume)
+    checkpoint = read_resume_checkpoint_file(args.resume, args.trust_checkpoint)
     check_resumable(checkpoint, args.resume)
     description = checkpoint_description(checkpoint)
     if description:
@@ -361,7 +361,8 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
                            "reading (or downloading) the data")
     args.num_classes = data.num_classes
     description = describe_run(args, data.train_counts, data.class_names, data.fingerprint, variant_tag(args),
-                               evaluation_head(args.method, args.fixed_alpha, args.epochs), world.size, sources)
+                               evaluation_head(args.method, args.fixed_alpha, args.epochs), world.size, sources,
+                               (checkpoint_description(checkpoint) or {}).get("run_id") if checkpoint else None)
     if checkpoint:
         check_training_set(checkpoint_description(checkpoint), data.fingerprint, args.root, args.resume)
     preflight_note = None
@@ -445,6 +446,7 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
     with StopRequest(also=log.to_file) as stop:
         try:
             for epoch in range(start_epoch, args.epochs):
+                checkpoints.check_folders()  # a folder gone read-only or deleted is found before the epoch trains
                 lr = optimizer.param_groups[0]["lr"]
                 train_stats = train_one_epoch(model, optimizer, train_loader, step_loss, epoch, args, log,
                                               progress, stop, device, world, scaler)

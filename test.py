@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> Dict:
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise UsageError(f"--{flag} {path!r}: its folder does not exist")
     path = evaluation_checkpoint_path(args.resume)
-    checkpoint = read_checkpoint(path)  # a bad checkpoint is reported before the data is read
+    checkpoint = read_checkpoint(path, args.trust_checkpoint)  # a bad checkpoint is reported before the data is read
     description = checkpoint_description(checkpoint)
     if description:
         adopt_checkpoint_args(args, description["args"], MODEL_AND_DATA_FLAGS, f"checkpoint {path!r}",

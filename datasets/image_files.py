@@ -2,6 +2,7 @@
 and class-folder trees (nepes and any ImageFolder-style data set)."""
 import multiprocessing
 import os
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from typing import List, Optional, Sequence, Tuple
 
@@ -84,12 +85,17 @@ def collate_fn_for(dataset: Dataset):
 def read_image_list(list_path: str, root: str, num_classes: int, flag: str) -> Tuple[List[str], List[int]]:
     """Parse `relative/path label` lines, joining paths to `root`; errors name the file and line."""
     try:
-        with open(list_path) as f:
-            lines = f.read().splitlines()
+        with open(list_path, "rb") as f:
+            raw_lines = f.read().splitlines()
     except OSError as exc:
         raise UsageError(f"{flag} {list_path!r} cannot be read: {exc.strerror}") from None
     paths, labels = [], []
-    for number, line in enumerate(lines, start=1):
+    for number, raw in enumerate(raw_lines, start=1):
+        try:
+            line = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            print(f"warning: {list_path}, line {number}: not UTF-8 text; skipped", file=sys.stderr)
+            continue
         if not line.strip():
             continue
         parts = line.strip().rsplit(None, 1)

@@ -128,7 +128,7 @@ def main(args: argparse.Namespace) -> Dict:
     check_run_args(args)
     opts = stage_options(args)
     path = evaluation_checkpoint_path(args.resume)
-    checkpoint = read_checkpoint(path)
+    checkpoint = read_checkpoint(path, args.trust_checkpoint)
     description = checkpoint_description(checkpoint)
     if description:
         adopt_checkpoint_args(args, description["args"], MODEL_AND_DATA_FLAGS, f"checkpoint {path!r}",

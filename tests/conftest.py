@@ -72,6 +72,20 @@ def data_root(tmp_path):
     return root
 
 
+def cli(script, argv, capsys):
+    """Run a script's command line in this process: (exit code, stdout, stderr). `script` is main, test
+    or the MaxNorm stage's module."""
+    from utils.config import run_cli
+    entry = script.main_seeds if hasattr(script, "main_seeds") else script.main
+    code = 0
+    try:
+        run_cli(entry, script.get_args_parser(), argv)
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
 def sigterm_when(cmd, prefix, **popen_kw):
     """Run `cmd`, send it SIGTERM when a stdout line starts with `prefix`; (exit code, stderr)."""
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen_kw)

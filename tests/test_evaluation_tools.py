@@ -96,6 +96,7 @@ def test_row_rescaling_against_hand_computation(trained, tmp_path, flag, value, 
                                  + 0.05 * torch.randn(10, len(mean)))
         model.fc_cb.bias.zero_()
     checkpoint["state_dict"] = model.state_dict()
+    del checkpoint["checksum"]  # edited on purpose
     ckpt = str(tmp_path / "rows.pth.tar")
     torch.save(checkpoint, ckpt)
     pred, targets, _ = manual_predictions(root, ckpt, "fc_cb", 0.0, rows=lambda w: rows(w, value))

@@ -15,10 +15,9 @@ import torch
 import main as train_script
 import test as test_script
 from scripts import maxnorm_stage
-from tests.conftest import ROOT, TINY_TRAIN, sigterm_when, write_cifar
+from tests.conftest import ROOT, TINY_TRAIN, cli, sigterm_when, write_cifar
 from utils import checkpoint as checkpoint_module
 from utils.checkpoint import unwrap
-from utils.config import run_cli
 
 pytestmark = pytest.mark.slow  # trains networks or starts processes
 
@@ -27,17 +26,6 @@ TINY = TINY_TRAIN
 
 def parse(*argv):
     return train_script.get_args_parser().parse_args(TINY + list(argv))
-
-
-def cli(script, argv, capsys):
-    """Run a script's command line in this process: (exit code, stdout, stderr)."""
-    code = 0
-    try:
-        run_cli(script.main_seeds if script is train_script else script.main, script.get_args_parser(), argv)
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def only_run(folder):
@@ -140,7 +128,7 @@ def test_checkpoint_missing_a_resume_key_is_refused_before_writing(tmp_path, dat
     run_dir = stopped_after_epoch_one(data_root, tmp_path / "runs", monkeypatch)
     path = os.path.join(run_dir, "ckpt.pth.tar")
     state = torch.load(path, weights_only=False)
-    del state["scheduler"], state["rng"]
+    del state["scheduler"], state["rng"], state["checksum"]
     torch.save(state, path)
     before = snapshot(run_dir)
     code, _, err = cli(train_script, TINY + ["--root", data_root, "--epochs", "3", "--resume", run_dir], capsys)
@@ -298,10 +286,16 @@ def test_death_between_the_latest_checkpoint_and_its_records_is_repaired(killed_
 
 def test_a_second_process_cannot_resume_a_run_in_use(tmp_path, data_root, monkeypatch, capsys):
     run_dir = stopped_after_epoch_one(data_root, tmp_path / "runs", monkeypatch)
-    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # a process holding the folder's lock as a run does: an exclusive flock on .lock, naming itself
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, json, os, socket, sys, time\n"
+        f"fd = os.open({os.path.join(run_dir, '.lock')!r}, os.O_RDWR | os.O_CREAT)\n"
+        "fcntl.flock(fd, fcntl.LOCK_EX)\n"
+        "os.write(fd, json.dumps({'pid': os.getpid(), 'host': socket.gethostname()}).encode())\n"
+        "print('holding', flush=True)\n"
+        "time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
     try:
-        with open(os.path.join(run_dir, ".lock"), "w") as f:
-            json.dump({"pid": holder.pid, "host": os.uname().nodename}, f)
+        assert holder.stdout.readline().strip() == "holding"
         before = snapshot(run_dir)
         code, _, err = cli(train_script, TINY + ["--root", data_root, "--epochs", "3", "--resume", run_dir], capsys)
         assert code == 2 and f"in use by process {holder.pid}" in err

@@ -1,14 +1,27 @@
-"""Checkpoints in the released layout, written crash-safe, and in the background while training goes on."""
+"""Checkpoints in the released layout, written crash-safe, and in the background while training goes on.
+
+A checkpoint is data, not code: it is read with `torch.load(weights_only=True)`, which
+unpickles tensors and plain Python types only (plus numpy arrays, which the random-state
+entries of this project's checkpoints hold), so a downloaded file cannot run code when it
+is loaded. Each checkpoint this project writes records a SHA-256 of its contents (tensors
+and values), checked on every read, so a changed byte on disk stops the run instead of
+training on.
+"""
+import hashlib
 import os
+import pickle
 import shutil
 import tempfile
 import threading
 from typing import Callable, Dict, Mapping, Optional
 
+import numpy as np
 import torch
 from torch import nn
 
 from utils.errors import UsageError, writing
+
+CHECKSUM = "checksum"
 
 PREFIXES = ("module.", "_orig_mod.")
 LATEST, BEST = "ckpt.pth.tar", "ckpt.best.pth.tar"
@@ -67,8 +80,40 @@ def _atomic_write(path: str, write) -> None:
             raise
 
 
+def content_checksum(obj) -> str:
+    """SHA-256 of a checkpoint's contents: every tensor's dtype, shape and bytes and every other value's
+    repr, in a fixed order (dict entries by key); the entry `checksum` itself is left out."""
+    digest = hashlib.sha256()
+
+    def visit(value) -> None:
+        if isinstance(value, torch.Tensor):
+            t = value.detach().cpu().contiguous().reshape(-1)
+            digest.update(f"tensor {t.dtype} {tuple(value.shape)};".encode())
+            digest.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+        elif isinstance(value, np.ndarray):
+            digest.update(f"array {value.dtype} {value.shape};".encode())
+            digest.update(np.ascontiguousarray(value).tobytes())
+        elif isinstance(value, dict):
+            keys = sorted((k for k in value if k != CHECKSUM), key=repr)
+            digest.update(f"dict {len(keys)};".encode())
+            for key in keys:
+                digest.update(f"{key!r}:".encode())
+                visit(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"{type(value).__name__} {len(value)};".encode())
+            for item in value:
+                visit(item)
+        else:
+            digest.update(f"{value!r};".encode())
+
+    visit(obj)
+    return digest.hexdigest()
+
+
 def atomic_save(obj: Dict, path: str) -> None:
-    """torch.save `obj` to `path` so that `path` is always a complete checkpoint."""
+    """torch.save `obj`, with the checksum of its contents, to `path` so that `path` is always a
+    complete checkpoint."""
+    obj = {**obj, CHECKSUM: content_checksum(obj)}
     _atomic_write(path, lambda f: torch.save(obj, f))
 
 
@@ -172,15 +217,54 @@ def first_non_finite(state_dict: Mapping[str, torch.Tensor]) -> Optional[str]:
     return floats[int(bad[0])][0] if len(bad) else None
 
 
-def read_checkpoint(path: str) -> Dict:
-    """Load a checkpoint dict (or a bare state_dict, wrapped as {'state_dict': ...}) on the CPU."""
+class CorruptCheckpoint(UsageError):
+    """A checkpoint whose contents do not match the checksum written with them (exit code 2)."""
+
+
+# numpy arrays of plain dtypes (the numpy random state): data, allowed by name
+SAFE_GLOBALS = [np.zeros(1).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+TRUST_HINT = ("Load it only if you trust where it came from, with --trust_checkpoint (which runs any code the "
+              "file holds)")
+
+
+def _load(path: str, trust: bool):
+    if trust:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        try:
+            unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
+                      if g not in {f"{o.__module__}.{o.__qualname__}" for o in SAFE_GLOBALS}]
+        except Exception:  # not a zip checkpoint: nothing to inspect
+            unsafe = []
+        if unsafe:
+            raise UsageError(f"checkpoint {path!r} holds pickled objects other than tensors and plain values "
+                             f"({', '.join(unsafe)}); loading it would run code from the file, so it was not "
+                             "loaded. " + TRUST_HINT) from None
+        reason = " ".join(str(exc).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0].split())
+        raise UsageError(f"cannot read checkpoint {path!r} as data ({reason}). Is the file truncated or not a "
+                         "PyTorch checkpoint? (A file you trust that holds other Python objects loads with "
+                         "--trust_checkpoint, which runs its code)") from None
+
+
+def read_checkpoint(path: str, trust: bool = False) -> Dict:
+    """Load a checkpoint dict (or a bare state_dict, wrapped as {'state_dict': ...}) on the CPU, as data
+    only unless `trust`; a checkpoint with a checksum is verified."""
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint {path!r} does not exist")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = _load(path, trust)
+    except UsageError:
+        raise
     except Exception as exc:
         raise UsageError(f"cannot read checkpoint {path!r}: {exc.__class__.__name__}: {exc}. "
                          "Is the file truncated or not a PyTorch checkpoint?") from exc
+    if isinstance(obj, dict) and CHECKSUM in obj and obj[CHECKSUM] != content_checksum(obj):
+        raise CorruptCheckpoint(f"checkpoint {path!r} is corrupted: its contents do not match the checksum "
+                                "written with them (a byte changed on disk or in a copy; a checkpoint edited on purpose "
+                                f"must drop its {CHECKSUM!r} entry)")
     if isinstance(obj, dict) and "state_dict" in obj:
         return obj
     if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -113,6 +113,9 @@ def add_run_args(parser: argparse.ArgumentParser, training: bool = True) -> None
                    help="data loading worker processes (default: 4 as released, fewer on a smaller machine)")
     g.add_argument("--gpu", type=int, default=None, help="GPU index (default: GPU 0 if there is one, else CPU)")
     g.add_argument("--debug", action="store_true", help="show the Python traceback on errors")
+    g.add_argument("--trust_checkpoint", action="store_true",
+                   help="load checkpoints with full unpickling, which RUNS ANY CODE THE FILE HOLDS: only for a file "
+                        "you trust that holds objects other than tensors and plain values (default: data only)")
     g.add_argument("--shot_rule", default="released", choices=list(SHOT_RULES),
                    help="many/medium/few rule: " + "; ".join(f"{k}: {v}" for k, v in SHOT_RULES.items()))
 

@@ -6,6 +6,9 @@
     128 + N  stopped by signal N (130 for Ctrl-C, 143 for SIGTERM)
 """
 import contextlib
+import errno
+import os
+import shutil
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_WRITE_FAILED = 2, 3, 4
 
@@ -31,12 +34,31 @@ class WriteFailed(RunStopped):
         self.path, self.cause = path, cause
 
 
+def write_cause(exc: BaseException, path: str) -> OSError:
+    """The OSError behind a failed write: the exception itself, or the one it was raised from (torch.save
+    wraps a full disk in a RuntimeError); failing that, 'No space left on device' when `path`'s disk is
+    full, else an I/O error carrying the exception's first line."""
+    seen: BaseException = exc
+    while seen is not None:
+        if isinstance(seen, OSError):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    try:
+        full = shutil.disk_usage(os.path.dirname(os.path.abspath(path))).free < 2 ** 20
+    except OSError:
+        full = False
+    if full:
+        return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    return OSError(errno.EIO, f"{type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}")
+
+
 @contextlib.contextmanager
 def writing(path: str):
-    """Turn an OSError raised while writing `path` into WriteFailed naming the path and the cause."""
+    """Turn an error raised while writing `path` (an OSError, or the RuntimeError torch.save raises for one)
+    into WriteFailed naming the path and the cause."""
     try:
         yield
     except WriteFailed:
         raise
-    except OSError as exc:
-        raise WriteFailed(path, exc) from exc
+    except (OSError, RuntimeError) as exc:
+        raise WriteFailed(path, write_cause(exc, path)) from exc

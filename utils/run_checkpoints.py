@@ -11,7 +11,7 @@ from utils.distributed import World, any_rank
 from utils.errors import EXIT_DIVERGED, RunStopped, WriteFailed
 from utils.progress import EpochProgress
 from utils.rng import rng_states
-from utils.runs import append_metrics
+from utils.runs import append_metrics, check_writable
 
 
 class RunCheckpoints:
@@ -49,6 +49,12 @@ class RunCheckpoints:
         if in_epoch is not None:
             self.wait()
 
+    def check_folders(self) -> None:
+        """Stop now (WriteFailed) if the run or checkpoint folder can no longer be written."""
+        if self.world.is_main:
+            for folder in dict.fromkeys((self.run_dir, self.ckpt_dir)):
+                check_writable(folder)
+
     def wait(self) -> None:
         """Until the checkpoint being written is on disk; raises its write's error."""
         self.writer.wait()
@@ -60,7 +66,10 @@ class RunCheckpoints:
     def write_failed(self, exc: WriteFailed, again: str) -> WriteFailed:
         """The error that ends the run after a failed write, with what to do next."""
         self.join()  # a later write may still be under way
-        advice = (f"The last good checkpoint is kept; once fixed, continue with:\n  {again}"
-                  if os.path.isfile(os.path.join(self.ckpt_dir, LATEST))
-                  else "The run had no checkpoint yet; start it again once fixed")
+        if not (os.path.isdir(self.run_dir) and os.path.isdir(self.ckpt_dir)):
+            advice = "Nothing more of this run can be saved"
+        elif os.path.isfile(os.path.join(self.ckpt_dir, LATEST)):
+            advice = f"The last good checkpoint is kept; once fixed, continue with:\n  {again}"
+        else:
+            advice = "The run had no checkpoint yet; start it again once fixed"
         return WriteFailed(exc.path, exc.cause, advice)

@@ -17,15 +17,19 @@ end-of-epoch records (latest and best checkpoint, metrics line) are repaired on
 resume from the checkpoint's own record, whatever moment the last process died at.
 """
 import argparse
+import errno
+import fcntl
 import json
 import math
 import os
+import shlex
 import socket
 import subprocess
-import time
+import sys
+import uuid
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from utils.checkpoint import BEST, LATEST, TEMPORARY_PREFIX, atomic_copy, read_checkpoint
+from utils.checkpoint import BEST, LATEST, TEMPORARY_PREFIX, CorruptCheckpoint, atomic_copy, read_checkpoint
 from utils.errors import UsageError, WriteFailed, writing
 from utils.run_log import run_name
 
@@ -36,7 +40,7 @@ LOCK = ".lock"
 OPERATIONAL_FLAGS = frozenset({
     "root", "dir_train_txt", "dir_test_txt", "workers", "print_freq", "gpu", "debug", "no_tensorboard",
     "no_download", "skip_bad_images", "resume", "dry_run", "root_log", "root_model", "channels_last", "compile",
-    "seeds", "name", "given_flags"})
+    "seeds", "name", "given_flags", "trust_checkpoint"})
 # What test.py and the MaxNorm stage take from a checkpoint: the model and the data it was trained on.
 # (--seed is not among them: the data seed is, and the stage's own shuffling may use another seed.)
 MODEL_AND_DATA_FLAGS = ("dataset", "arch", "width", "num_classes", "imbanlance_rate", "split", "data_seed",
@@ -63,11 +67,13 @@ def code_version() -> Optional[str]:
 
 def describe_run(args: argparse.Namespace, train_counts: List[int], class_names: Optional[List[str]],
                  train_fingerprint: str, variant: str, eval_head: Tuple[str, str], world_size: int,
-                 flag_sources: Optional[Dict[str, str]] = None) -> Dict:
+                 flag_sources: Optional[Dict[str, str]] = None, run_id: Optional[str] = None) -> Dict:
     """Everything that defines a run: written to args.json and into every checkpoint. `eval_head` is
     (the classifier every evaluation of the run uses, why); `flag_sources` says where each value came
-    from: 'given', 'preset' (the paper's value for the data set) or 'default'."""
-    return {"args": dict(vars(args)), "variant": variant, "eval_head": eval_head[0],
+    from: 'given', 'preset' (the paper's value for the data set) or 'default'; `run_id` names the run
+    (a resumed run keeps its own; a new run gets a random one)."""
+    return {"run_id": run_id or uuid.uuid4().hex, "args": dict(vars(args)), "variant": variant,
+            "eval_head": eval_head[0],
             "eval_head_reason": eval_head[1], "world_size": world_size,
             "train_counts": list(train_counts), "class_names": class_names, "train_fingerprint": train_fingerprint,
             "code_version": code_version(), "flag_sources": dict(flag_sources or {})}
@@ -146,11 +152,56 @@ def check_training_set(description: Optional[Dict], fingerprint: str, root: str,
 
 
 def check_resumable(checkpoint: Dict, path: str) -> None:
+    """A checkpoint training can continue from, of the run whose folder it is resumed into."""
     missing = [k for k in RESUME_KEYS if k not in checkpoint]
     if missing:
         what = "holds weights only" if "optimizer" not in checkpoint else "lacks " + ", ".join(missing)
         raise UsageError(f"--resume {path!r} {what}, so training cannot continue from it "
                          "(evaluate it with test.py instead)")
+    run_dir = resumed_folders(path, checkpoint.get("run_dir"))[0]
+    folder_run, checkpoint_run = read_args_json(run_dir), checkpoint_description(checkpoint)
+    differences = run_differences(checkpoint_run or {}, folder_run or {})
+    if differences:
+        raise UsageError(f"checkpoint {path!r} is not the run of its folder {run_dir!r} (args.json there): "
+                         + "; ".join(differences) + ". The new epochs would be recorded as that run's. Resume a "
+                         "run from its own folder's checkpoint")
+
+
+def run_differences(ours: Dict, theirs: Dict) -> List[str]:
+    """How two run descriptions differ in identity, training set or a flag that defines the run (what
+    either side does not record is not compared)."""
+    out = []
+    for key, label in (("run_id", "run id"), ("train_fingerprint", "training-set fingerprint")):
+        if ours.get(key) and theirs.get(key) and ours[key] != theirs[key]:
+            out.append(f"{label} {ours[key][:12]} here, {theirs[key][:12]} there")
+    a, b = ours.get("args") or {}, theirs.get("args") or {}
+    for dest in sorted((set(a) & set(b)) - OPERATIONAL_FLAGS):
+        if not _same(stored_value(a, dest), stored_value(b, dest)):
+            out.append(f"{option_name(dest)} {stored_value(a, dest)} here, {stored_value(b, dest)} there")
+    return out
+
+
+def read_resume_checkpoint_file(path: str, trust: bool = False) -> Dict:
+    """`read_checkpoint` for --resume: a corrupted checkpoint names the newest good copy in its folder
+    (the best copy, the every-20-epochs copies) and the commands that continue from it."""
+    try:
+        return read_checkpoint(path, trust)
+    except CorruptCheckpoint as exc:
+        folder = os.path.dirname(os.path.abspath(path))
+        good = []
+        for name in sorted(os.listdir(folder)):
+            candidate = os.path.join(folder, name)
+            if (name == BEST or _copy_epoch(name) is not None) and not os.path.samefile(candidate, path):
+                epoch = _epoch_of(candidate)
+                if epoch is not None:
+                    good.append((epoch, name))
+        if not good:
+            raise CorruptCheckpoint(f"{exc}. No good copy is left in {folder!r}: start the run again") from None
+        epoch, name = max(good)
+        raise CorruptCheckpoint(f"{exc}. The newest good copy is {name} (epoch {epoch}); to continue from it "
+                                "(the epochs after it are trained again):\n"
+                                f"  cp {shlex.quote(os.path.join(folder, name))} {shlex.quote(path)}\n"
+                                f"  python main.py --resume {shlex.quote(path)}") from None
 
 
 # ---------------------------------------------------------------- run folders
@@ -203,8 +254,14 @@ def resume_checkpoint_path(path: str) -> str:
     if ckpt_dir and os.path.isfile(os.path.join(ckpt_dir, LATEST)):
         return os.path.join(ckpt_dir, LATEST)
     command = meta.get("command", "python main.py ...")
+    lock = RunLock(path).acquire()  # a run still in its first epoch holds it: "in use" is the right answer
+    try:
+        removed = remove_temporaries(path) + (remove_temporaries(ckpt_dir) if ckpt_dir and ckpt_dir != path and os.path.isdir(ckpt_dir) else [])
+    finally:
+        lock.release()
+    cleared = f" (cleared what it left: {', '.join(removed)})" if removed else ""
     raise UsageError(f"run folder {path!r} has no checkpoint: the run stopped before its first epoch ended, "
-                     f"so there is nothing to resume. Start it again with:\n  {command}")
+                     f"so there is nothing to resume{cleared}. Start it again with:\n  {command}")
 
 
 def evaluation_checkpoint_path(path: str) -> str:
@@ -302,71 +359,108 @@ def forget_elastic_runs(root_log: str, job: str, seeds: Iterable[int]) -> None:
 
 # ---------------------------------------------------------------- lock and leftovers
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 class RunLock:
-    """`<run>/.lock` with the holder's pid and host: one process per run folder at a time.
+    """`<run>/.lock`: one process per run folder at a time.
 
-    A lock left by a process that no longer runs (kill -9) is taken over.
+    Holding the lock is holding an exclusive `flock` on that file, which the kernel drops when the
+    process ends, kill -9 included: a lock file left behind locks nothing, and taking the lock is one
+    atomic step, so no process can ever remove a lock another one holds. The file names its holder
+    (pid, host) for the message a second process gets. A file naming another host is respected (a
+    network file system may not carry the lock across machines): delete it once that run has ended.
     """
 
     def __init__(self, folder: str) -> None:
         self.path = os.path.join(folder, LOCK)
-        self.held = False
+        self.fd: Optional[int] = None
+
+    @property
+    def held(self) -> bool:
+        return self.fd is not None
 
     def acquire(self) -> "RunLock":
         host = socket.gethostname()
         for _ in range(3):
+            fd = self._open()
             try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                holder = self._holder()
-                if holder is None:  # being written this instant, or unreadable: look again
-                    time.sleep(0.2)
-                    holder = self._holder() or {}
-                pid, holder_host = holder.get("pid"), holder.get("host")
-                if holder_host not in (None, host):
-                    raise UsageError(f"run folder {os.path.dirname(self.path)!r} is in use by process {pid} on "
-                                     f"{holder_host} (lock file {self.path}); if that process has ended, "
-                                     "delete the lock file") from None
-                if isinstance(pid, int) and _pid_alive(pid):
-                    raise UsageError(f"run folder {os.path.dirname(self.path)!r} is in use by process {pid} "
-                                     f"(lock file {self.path}); wait for it to end or stop it first") from None
-                try:
-                    os.remove(self.path)  # left by a process that is gone
-                except FileNotFoundError:
-                    pass
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                pid = (self._holder() or {}).get("pid", "unknown")
+                raise UsageError(f"run folder {os.path.dirname(self.path)!r} is in use by process {pid} "
+                                 f"(lock file {self.path}); wait for it to end or stop it first") from None
+            if not self._names(fd):  # its holder removed the file between our open and flock: take the new one
+                os.close(fd)
                 continue
-            except OSError as exc:
-                raise WriteFailed(self.path, exc) from exc
-            with os.fdopen(fd, "w") as f:
-                json.dump({"pid": os.getpid(), "host": host}, f)
-            self.held = True
+            holder = self._holder() or {}
+            if holder.get("host") not in (None, host) and holder.get("pid") is not None:
+                os.close(fd)
+                raise UsageError(f"run folder {os.path.dirname(self.path)!r} is in use by process {holder['pid']} "
+                                 f"on {holder['host']} (lock file {self.path}); if that process has ended, delete "
+                                 "the lock file")
+            self.fd = fd
+            self._write_holder(host)
             return self
         raise UsageError(f"could not take the lock {self.path}; another process keeps taking it")
 
+    def _open(self) -> int:
+        try:
+            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            try:  # a read-only folder: an existing lock file can still be locked (the write check then stops)
+                return os.open(self.path, os.O_RDONLY)
+            except OSError:
+                raise WriteFailed(self.path, exc) from exc
+
+    def _names(self, fd: int) -> bool:
+        """Whether the open file `fd` is still the file at the lock's path."""
+        try:
+            return os.path.samestat(os.fstat(fd), os.stat(self.path))
+        except FileNotFoundError:
+            return False
+
+    def _write_holder(self, host: str) -> None:
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, json.dumps({"pid": os.getpid(), "host": host}).encode(), 0)
+        except OSError:
+            pass  # opened read-only: the lock holds all the same
+
     def _holder(self) -> Optional[Dict]:
         try:
-            with open(self.path) as f:
-                return json.load(f)
+            with open(self.path, "rb") as f:
+                holder = json.loads(f.read().decode("utf-8"))
+            return holder if isinstance(holder, dict) else None
         except (OSError, ValueError):
             return None
 
     def release(self) -> None:
-        if self.held:
-            try:
-                os.remove(self.path)
-            except OSError:
-                pass
-            self.held = False
+        """Remove the file, then drop the lock (in that order: a process that opened the file meanwhile
+        finds it gone and takes a new one)."""
+        if self.fd is None:
+            return
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            print(f"note: the lock file {self.path} could not be removed ({exc.strerror}); it locks nothing once "
+                  "this process ends, and the next run in this folder takes it over", file=sys.stderr)
+        finally:
+            os.close(self.fd)
+            self.fd = None
+
+
+def check_writable(folder: str) -> None:
+    """Raise WriteFailed now, not after an epoch of training, when `folder` cannot take a new file (deleted,
+    moved, read-only, full). Costs one empty file created and removed."""
+    if not os.path.isdir(folder):
+        raise WriteFailed(folder, FileNotFoundError(errno.ENOENT, "the folder no longer exists (deleted or moved "
+                                                                  "while the run was going)"))
+    probe = os.path.join(folder, f"{TEMPORARY_PREFIX}probe_{os.getpid()}.pth.tar")  # cleared like a torn write
+    with writing(folder):
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
 
 
 def remove_temporaries(folder: str) -> List[str]:
@@ -385,17 +479,18 @@ def remove_temporaries(folder: str) -> List[str]:
 # ---------------------------------------------------------------- metrics.jsonl
 
 def read_metrics(path: str, warn=None) -> List[Dict]:
-    """The records of a metrics.jsonl; a torn or foreign line is skipped (and named through `warn`)."""
+    """The records of a metrics.jsonl; a torn or foreign line, or one that is not UTF-8 text, is skipped (and
+    named through `warn`)."""
     records = []
     if not os.path.isfile(path):
         return records
-    with open(path) as f:
+    with open(path, "rb") as f:
         for number, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                record = json.loads(line)
-            except ValueError:
+                record = json.loads(line.decode("utf-8"))
+            except ValueError:  # UnicodeDecodeError included
                 record = None
             if not isinstance(record, dict) or "epoch" not in record:
                 if warn:
@@ -466,6 +561,12 @@ def repair_records(run_dir: str, checkpoint_path: str, checkpoint: Dict) -> List
             done.append(f"{name} written from {os.path.basename(checkpoint_path)} (epoch {epoch}): the last "
                         "process ended before copying it")
     return done
+
+
+def _copy_epoch(name: str) -> Optional[int]:
+    """N of an every-20-epochs copy `<N>_ckpt.pth.tar`, else None."""
+    stem = name[:-len(LATEST)]
+    return int(stem[:-1]) if name.endswith(LATEST) and stem.endswith("_") and stem[:-1].isdigit() else None
 
 
 def _epoch_of(path: str) -> Optional[int]:
