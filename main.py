@@ -43,15 +43,16 @@ from utils.interrupt import StopRequest
 from utils.memory import check_fits, estimate_training_memory
 from utils.metrics import evaluate, format_group
 from utils.presets import PRESET_FLAGS, RELEASED_DEFAULTS, apply_paper_presets, mark_preset_flags, preset_table
-from utils.progress import DivergenceWatch, EpochProgress, format_duration, remaining_time
+from utils.progress import DivergenceWatch, EpochProgress, format_duration, plural, remaining_time
 from utils.rng import restore_rng_states, seed_everything
 from utils.run_checkpoints import RunCheckpoints
 from utils.run_log import RunLog, library_versions, write_json
-from utils.runs import (RunLock, adopt_checkpoint_args, check_resumable, check_training_set, checkpoint_description,
-                        defining_flags, describe_run, elastic_run_to_continue, forget_elastic_runs, new_run_folder,
-                        read_resume_checkpoint_file, remember_elastic_run, remove_temporaries, repair_records,
-                        resume_checkpoint_path, resumed_folders, run_folder_name, variant_tag)
-from utils.speed import grad_scaler, prepare_model
+from utils.runs import (RunLock, adopt_checkpoint_args, adopt_data_root, check_can_create, check_resumable,
+                        check_training_set, checkpoint_description, defining_flags, describe_run,
+                        elastic_run_to_continue, forget_elastic_runs, new_run_folder, read_resume_checkpoint_file,
+                        remember_elastic_run, remove_temporaries, repair_records, resume_checkpoint_path,
+                        resumed_folders, run_folder_name, variant_tag)
+from utils.speed import grad_scaler, prepare_model, set_threads
 
 PRESETS_EPILOG = "\n\n".join([
     textwrap.fill("A flag whose default reads 'preset per data set' takes, when left out, the paper's value for "
@@ -160,6 +161,7 @@ def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args,
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # gpu_peak_mb is this epoch's
     start, seen_before, steps, first_step = time.time(), progress.seen, len(train_loader), progress.step
+    seconds_before = progress.seconds  # of this epoch, before a mid-epoch stop
     watch = DivergenceWatch(device)
     step_loss.begin_epoch(epoch, steps)
     for batch in train_loader.epoch(epoch, skip_batches=progress.step):
@@ -193,7 +195,8 @@ def train_one_epoch(model, optimizer, train_loader, step_loss, epoch: int, args,
             break
     watch.check(epoch, world, device)
     elapsed = time.time() - start
-    stats = {**progress.means(), "alpha": epoch_alpha(args, epoch), "seconds": elapsed,
+    progress.seconds = seconds_before + elapsed
+    stats = {**progress.means(), "alpha": epoch_alpha(args, epoch), "seconds": progress.seconds,
              "images_per_s": (progress.seen - seen_before) * world.size / max(elapsed, 1e-9)}
     if device.type == "cuda":
         stats["gpu_peak_mb"] = torch.cuda.max_memory_allocated(device) / 2 ** 20
@@ -239,7 +242,8 @@ def start_lines(args, data: DataBundle, n_params: int, sources: Dict[str, str], 
     head, why = evaluation_head(args.method, args.fixed_alpha, args.epochs)
     return (configuration_lines(get_args_parser(), args, sources,
                                 (data_flag_applies, model_flag_applies, method_flag_applies))
-            + [class_count_line(data.train_counts), f"test images: {len(data.test)}; parameters: {n_params:,}",
+            + [class_count_line(data.train_counts, data.class_names),
+               f"test images: {len(data.test)}; parameters: {n_params:,}",
                f"learning rate per epoch: {summarize_lr(lrs)} (every epoch in args.json)",
                f"evaluated with {head} ({why}); every epoch's record also holds the top-1 of "
                + ", ".join(other_heads(args))])
@@ -264,11 +268,15 @@ def read_resume_checkpoint(args: argparse.Namespace, world_size: int) -> Optiona
                               "stretched and the training set cannot change): leave the flag out, or start a new "
                               "run to change it",
                               canonical={"dataset": canonical_dataset})
+        root_note = adopt_data_root(args, description, f"checkpoint {args.resume!r}")
+        if root_note:
+            print(root_note)
         trained_with = description.get("world_size", world_size)
         if trained_with != world_size:
-            raise UsageError(f"checkpoint {args.resume!r} was trained by {trained_with} process(es) and this resume "
-                             f"has {world_size}: the per-process batches, data shards and BatchNorm statistics would "
-                             "change. Resume with the same number of processes, or start a new run")
+            trainers = plural(trained_with, "process", "processes")
+            raise UsageError(f"checkpoint {args.resume!r} was trained by {trainers} "
+                             f"and this resume has {world_size}: the per-process batches, data shards and BatchNorm "
+                             "statistics would change. Resume with the same number of processes, or start a new run")
     return checkpoint
 
 
@@ -357,6 +365,7 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
         return None
     seed_everything(args.seed)
     device = select_device(world.local_rank if world.enabled and torch.cuda.is_available() else args.gpu)
+    threads = set_threads(args.threads)
     data = main_rank_first(world, lambda: build_data(args, views=1 if args.method == "ce" else 2),
                            "reading (or downloading) the data")
     args.num_classes = data.num_classes
@@ -378,13 +387,14 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
     if checkpoint:
         load_weights(model, checkpoint["state_dict"], args.resume)
 
+    notes = [threads, memory.describe()] + ([preflight_note] if preflight_note else [])
+    if args.dry_run:
+        return dry_run(args, world, device, data, n_params, description, notes)
     run_dir, ckpt_dir, lock = open_run_folder(args, checkpoint, world)
     log = None
     try:
-        log = RunLog(run_dir if world.is_main else None, tensorboard=not (args.no_tensorboard or args.dry_run),
-                     echo=world.is_main)
-        return run(args, world, device, data, model, n_params, checkpoint, description, run_dir, ckpt_dir, log,
-                   [memory.describe()] + ([preflight_note] if preflight_note else []))
+        log = RunLog(run_dir if world.is_main else None, tensorboard=not args.no_tensorboard, echo=world.is_main)
+        return run(args, world, device, data, model, n_params, checkpoint, description, run_dir, ckpt_dir, log, notes)
     except (UsageError, RunStopped) as exc:
         if log:
             log.last_words(f"error: {exc}" if isinstance(exc, UsageError) else str(exc))
@@ -393,6 +403,28 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
         if log:
             log.close()
         lock.release()
+
+
+def run_metadata(args, description: Dict, n_params: int, ckpt_dir: Optional[str], lrs: List[float]) -> Dict:
+    """What a run's args.json holds."""
+    return {**description, "parameters": n_params, "versions": library_versions(), "checkpoint_dir": ckpt_dir,
+            "command": command_line("main.py", get_args_parser(), args), "lr_per_epoch": lrs}
+
+
+def dry_run(args, world: World, device: torch.device, data: DataBundle, n_params: int, description: Dict,
+            notes: List[str]) -> Dict:
+    """What a run checks and prints before its first step, with nothing written (no run folder is made).
+    Returns what the run's args.json would hold."""
+    check_can_create(args.root_log)
+    say = print if world.is_main else (lambda *_: None)
+    lrs = lr_per_epoch(args.dataset, args.epochs, args.lr, late_warmup=args.warmup == "late")
+    for line in start_lines(args, data, n_params, description.get("flag_sources", {}), lrs) + notes:
+        say(line)
+    steps = len(build_loaders(data, args, device, world.rank, world.size)[0])
+    where = args.resume or os.path.join(args.root_log, run_folder_name(args, args.dataset in CIFAR_INFO))
+    say(f"dry run: {plural(steps, 'step')} per epoch; data, loaders and model built. Nothing was written; the run "
+        f"would go into {where}")
+    return run_metadata(args, description, n_params, None, lrs)
 
 
 def run(args, world: World, device: torch.device, data: DataBundle, model, n_params: int, checkpoint: Optional[Dict],
@@ -405,16 +437,10 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
     for line in start_lines(args, data, n_params, description.get("flag_sources", {}), lrs):
         log.print(line)
     if not checkpoint and world.is_main:
-        write_json(os.path.join(run_dir, "args.json"), {
-            **description, "parameters": n_params, "versions": library_versions(),
-            "checkpoint_dir": ckpt_dir, "command": command_line("main.py", get_args_parser(), args),
-            "lr_per_epoch": lrs})
+        write_json(os.path.join(run_dir, "args.json"), run_metadata(args, description, n_params, ckpt_dir, lrs))
     train_loader, test_loader = build_loaders(data, args, device, world.rank, world.size)
     for note in notes:  # the memory estimate, the image check
         log.print(note)
-    if args.dry_run:
-        log.print(f"dry run: {len(train_loader)} steps per epoch; data, loaders and model built; exiting")
-        return None
 
     model = prepare_model(model, device, world, args.channels_last, args.sync_bn,
                           find_unused=args.method == "ce" or args.no_consistency)

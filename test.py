@@ -33,8 +33,9 @@ from utils.metrics import predict, summarize
 from utils.presets import mark_preset_flags, preset_network_and_crop
 from utils.report import confusion_cells, plot_per_class, table
 from utils.run_log import write_json
-from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_description, checkpoint_label,
-                        evaluation_checkpoint_path, report_folder, run_head)
+from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, adopt_data_root, checkpoint_description,
+                        checkpoint_label, evaluation_checkpoint_path, report_folder, run_head)
+from utils.speed import set_threads
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -65,7 +66,9 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", default=None,
                    help="write the report (figures, per class, confusion matrix) as JSON to this path (default: "
                         "<run>/eval/<checkpoint>-<head>[-<post-hoc>].json when the checkpoint is in a run folder)")
-    g.add_argument("--plot", default=None, help="draw per-class accuracy against training count as a PNG")
+    g.add_argument("--plot", nargs="?", const="", default=None, metavar="PNG",
+                   help="draw per-class accuracy against training count as a PNG: to this path, or, given alone, "
+                        "beside the report (<run>/eval/<checkpoint>-<head>[-<post-hoc>].png)")
     return parser
 
 
@@ -102,7 +105,7 @@ def main(args: argparse.Namespace) -> Dict:
     if args.tau_norm is not None and args.norm_cap is not None:
         raise UsageError("--tau_norm and --norm_cap both rescale the rows: give one")
     for flag in ("json", "plot"):
-        path = getattr(args, flag)
+        path = getattr(args, flag)  # "" for --plot alone: beside the report
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise UsageError(f"--{flag} {path!r}: its folder does not exist")
     path = evaluation_checkpoint_path(args.resume)
@@ -113,7 +116,11 @@ def main(args: argparse.Namespace) -> Dict:
                               "test.py takes the network and the data settings from the checkpoint: leave the "
                               "flag out",
                               canonical={"dataset": canonical_dataset})
+    root_note = adopt_data_root(args, description, f"checkpoint {path!r}")
+    if root_note:
+        print(root_note)
     device = select_device(args.gpu)
+    print(set_threads(args.threads))
     data = build_data(args, views=1)
     trained_counts = (description or {}).get("train_counts")
     if trained_counts and list(trained_counts) != data.train_counts:
@@ -155,11 +162,15 @@ def main(args: argparse.Namespace) -> Dict:
     else:
         print("no report written: the checkpoint belongs to no run folder (none holds it, and it names none that "
               "exists); give --json PATH to keep one")
-    if args.plot:
-        plot_per_class(result["per_class"], data.train_counts, args.shot_rule, args.plot,
+    if args.plot is not None:
+        plot = args.plot or (os.path.splitext(report_path)[0] + ".png" if report_path else None)
+        if plot is None:
+            raise UsageError("--plot without a path writes beside the report, and this checkpoint has none (it "
+                             "belongs to no run folder): give --plot PATH")
+        plot_per_class(result["per_class"], data.train_counts, args.shot_rule, plot,
                        title=f"{args.dataset}, {checkpoint_label(path)} checkpoint, {report_kind(args)}: top-1 "
                              f"{result['top1']:.2f}", class_names=data.class_names)
-        print(f"per-class plot written to {args.plot}")
+        print(f"per-class plot written to {plot}")
     return result
 
 

@@ -47,7 +47,7 @@ def measure(code: str, argv, pause: float) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--code", default=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                         help="the checkout whose main.py runs (default: this one)")
     parser.add_argument("--root", default="data", help="CIFAR-10 root")

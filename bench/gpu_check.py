@@ -42,6 +42,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from utils.config import Parser  # noqa: E402
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 README_CIFAR10 = ["--dataset", "cifar10", "-a", "resnet32", "--num_classes", "10", "--imbanlance_rate", "0.01",
                   "--beta", "0.5", "--lr", "0.01", "--epochs", "200", "-b", "64", "--momentum", "0.9",
@@ -480,7 +481,7 @@ def table(results: Dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--archive", default=".device_data/cifar10-jpeg.tar.gz",
                         help="CIFAR-10 as a .tar.gz of train/<class>/*.jpg and test/<class>/*.jpg")
     parser.add_argument("--out", default=os.environ.get("OUT") or "runs/gpu_check",

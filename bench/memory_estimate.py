@@ -21,6 +21,7 @@ import torch
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+from utils.config import Parser  # noqa: E402
 from models import build_model  # noqa: E402
 from glmc.losses import LossOptions, glmc_loss  # noqa: E402
 from utils.class_weights import class_balance_weights  # noqa: E402
@@ -68,7 +69,7 @@ def measure(arch: str, size: int, batch: int, width: int, device: torch.device) 
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", action="append", help="arch:image size:batch[:width] (repeatable)")
     parser.add_argument("--one", default=None, help=argparse.SUPPRESS)  # internal: measure one in this process
     opts = parser.parse_args()

@@ -93,7 +93,7 @@ def scores(copy: str, files: List[str]) -> Dict[str, Dict]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("files", nargs="*", help=f"core files (default: {', '.join(CORE)})")
     parser.add_argument("--json", default=None, help="also write the scores and survivors here")
     parser.add_argument("--rescore", default=None, help="score the mutants already run in this copy (no new run)")

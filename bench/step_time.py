@@ -5,7 +5,6 @@
 
 Data loading is excluded: this measures the model and the loss only.
 """
-import argparse
 import json
 import os
 import sys
@@ -16,6 +15,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.config import Parser  # noqa: E402
 from models import build_model  # noqa: E402
 from glmc.losses import LossOptions, glmc_loss  # noqa: E402
 from utils.class_weights import class_balance_weights  # noqa: E402
@@ -50,7 +50,7 @@ def time_steps(arch: str, width: int, num_classes: int, size: int, batch: int, s
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("-a", "--arch", default="resnet32")
     parser.add_argument("--width", type=int, action="append",
                         help="resnet32 widths (repeatable; default 64 and 16; ignored for other networks)")

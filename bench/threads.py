@@ -43,7 +43,7 @@ def main() -> None:
     parser.add_argument("-b", "--batch_size", type=int, default=64)
     parser.add_argument("--threads", type=int, action="append", help="thread counts (default 1 and all cores)")
     parser.add_argument("--busy", type=int, action="append", help="busy cores during the measurement (default 0, 2)")
-    parser.add_argument("--wait_policy", action="append", choices=["ACTIVE", "PASSIVE"],
+    parser.add_argument("--wait_policy", action="append", choices=["unset", "ACTIVE", "PASSIVE"],
                         help="OMP_WAIT_POLICY values to try (default: unset only)")
     parser.add_argument("--timeout", type=float, default=240.0, help="seconds allowed per measurement")
     args = parser.parse_args()
@@ -55,7 +55,7 @@ def main() -> None:
             time.sleep(1.0 if busy else 0.0)
             for width in args.width or [8, 16, 64]:
                 for threads in args.threads or sorted({1, cores}):
-                    for policy in args.wait_policy or [None]:
+                    for policy in [None if p == "unset" else p for p in args.wait_policy or ["unset"]]:
                         seconds = step_seconds(width, args.batch_size, threads, policy, args.timeout)
                         row = {"busy_cores": busy, "width": width, "batch": args.batch_size, "threads": threads,
                                "wait_policy": policy or "unset", "seconds_per_step": seconds}

@@ -31,6 +31,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.config import Parser  # noqa: E402
 from datasets import DataBundle, build_loaders  # noqa: E402
 from datasets.cifar_lt import img_num_per_class  # noqa: E402
 from datasets.loaders import ImageArrayDataset  # noqa: E402
@@ -137,7 +138,7 @@ def table(rows: List[Dict]) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("--widths", default="16,64", help="resnet32 widths for the full-step measures")
     parser.add_argument("--data_paths", default="pil,tensor")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),

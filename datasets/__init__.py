@@ -21,6 +21,7 @@ from datasets.tensor_path import TensorTestLoader, TensorTrainLoader
 from datasets.transforms import (CIFAR_STATS, IMAGENET_STATS, INAT_STATS, TwoViews, cifar_test_transform,
                                  cifar_train_transform, large_test_transform, large_train_transform)
 from utils.errors import UsageError
+from utils.progress import plural
 
 LIST_DATASETS = {
     # name: (classes, default train list, default test list, normalisation)
@@ -45,10 +46,16 @@ class DataBundle:
     fingerprint: str = ""  # identifies the training images and labels (not where they are stored)
 
 
-def class_count_line(counts: List[int]) -> str:
-    """The training images per class, in one line (the first and last ten for more than 100 classes)."""
-    shown = str(counts) if len(counts) <= 100 else (
-        f"{counts[:10]} ... {counts[-10:]} (max {max(counts)}, min {min(counts)}; all {len(counts)} in args.json)")
+def class_count_line(counts: List[int], names: Optional[List[str]] = None) -> str:
+    """The training images per class, in one line, each beside its class name when the data set has names
+    (the first and last ten classes for more than 100)."""
+    if names and len(names) == len(counts) and len(counts) <= 100:
+        shown = ", ".join(f"{name} {n}" for name, n in zip(names, counts))
+    elif len(counts) <= 100:
+        shown = str(counts)
+    else:
+        shown = (f"{counts[:10]} ... {counts[-10:]} (max {max(counts)}, min {min(counts)}; all {len(counts)} "
+                 "in args.json)")
     return f"training images per class ({sum(counts)} in all): {shown}"
 
 
@@ -95,12 +102,12 @@ def check_class_counts(counts: List[int], names: Optional[List[str]], allow_empt
     label = (lambda c: f"{c} ({names[c]})") if names else str
     empty = [label(c) for c, n in enumerate(counts) if n == 0]
     if empty and not allow_empty:
-        raise UsageError(f"{len(empty)} class(es) have no training image: {', '.join(empty[:10])}"
+        raise UsageError(f"{plural(len(empty), 'class', 'classes')} without a training image: {', '.join(empty[:10])}"
                          f"{' ...' if len(empty) > 10 else ''}. Fix the data, or pass --allow_empty_classes")
     scarce = [f"{label(c)}: {n}" for c, n in enumerate(counts) if 0 < n < few]
     if scarce:
-        print(f"warning: {len(scarce)} class(es) have fewer than {few} training images: {', '.join(scarce[:10])}"
-              f"{' ...' if len(scarce) > 10 else ''}", file=sys.stderr)
+        print(f"warning: {plural(len(scarce), 'class', 'classes')} with fewer than {few} training images: "
+              f"{', '.join(scarce[:10])}{' ...' if len(scarce) > 10 else ''}", file=sys.stderr)
 
 
 def build_data(args, views: int = 2) -> DataBundle:

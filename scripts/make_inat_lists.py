@@ -38,7 +38,7 @@ def write_list(lines: List[Tuple[str, int]], path: str) -> None:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], allow_abbrev=False)
     parser.add_argument("--train_json", required=True, help="train2018.json")
     parser.add_argument("--val_json", required=True, help="val2018.json")
     parser.add_argument("--out", default=os.path.join("data", "data_txt"), help="output folder (default data/data_txt)")

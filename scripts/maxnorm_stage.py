@@ -46,15 +46,16 @@ from models.args import add_model_args, check_model_args  # noqa: E402
 from utils.checkpoint import atomic_save, read_checkpoint  # noqa: E402
 from utils.config import FlagTrackingParser, add_run_args, check_run_args, run_cli, select_device  # noqa: E402
 from utils.errors import UsageError, writing  # noqa: E402
-from glmc.maxnorm import (BN_MODES, INPUTS, LOSSES, LR_STEPS, PROJECTIONS, StageOptions,  # noqa: E402
+from glmc.maxnorm import (BN_MODES, INPUTS, LOSSES, LR_STEPS, PROJECTIONS, StageOptions, stage_lr,  # noqa: E402
                            extract_features, feature_batches, train_second_stage)
 from utils.metrics import evaluate  # noqa: E402
 from utils.presets import mark_preset_flags, preset_network_and_crop  # noqa: E402
 from utils.report import table  # noqa: E402
 from utils.run_log import write_json  # noqa: E402
-from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, checkpoint_description,  # noqa: E402
-                        check_training_set, checkpoint_label, evaluation_checkpoint_path, report_folder,
-                        run_head)
+from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, adopt_data_root,  # noqa: E402
+                        check_training_set, checkpoint_description, checkpoint_label, evaluation_checkpoint_path,
+                        report_folder, run_head)
+from utils.speed import set_threads  # noqa: E402
 
 BEST_NOTE = "best epoch by per-class-mean accuracy on the test set, as the reference demo keeps it"
 
@@ -134,7 +135,11 @@ def main(args: argparse.Namespace) -> Dict:
         adopt_checkpoint_args(args, description["args"], MODEL_AND_DATA_FLAGS, f"checkpoint {path!r}",
                               "The stage re-trains the classifier on the checkpoint's own training set: leave "
                               "the flag out", canonical={"dataset": canonical_dataset})
+    root_note = adopt_data_root(args, description, f"checkpoint {path!r}")
+    if root_note:
+        print(root_note)
     device = select_device(args.gpu)
+    print(set_threads(args.threads))
     data = build_data(args, views=1)
     check_training_set(description, data.fingerprint, args.root, path)
     model = model_from_checkpoint(checkpoint, path, args.arch, data.num_classes, args.width).to(device)
@@ -154,6 +159,10 @@ def main(args: argparse.Namespace) -> Dict:
         def epoch_batches(epoch):
             return (batch for (batch,) in train_loader.epoch(epoch) if batch is not None)
 
+    if stage_lr(opts, 0) <= 1e-12 * opts.lr:
+        print(f"warning: with --epochs {opts.epochs} and --lr_step {opts.lr_step} the stage's first epoch trains at "
+              "learning rate 0 (the cosine is stepped before each epoch, so the last epoch always has lr 0): the "
+              "classifier learns nothing. Use --epochs 2 or more, or --lr_step end", file=sys.stderr)
     before = test_figures(model)
     print(f"MaxNorm stage on {path}, {len(data.train)} training images, recipe: {opts.variant()}; re-trains {head} "
           f"({why})")
@@ -187,11 +196,13 @@ def main(args: argparse.Namespace) -> Dict:
                             "maxnorm_stage": settings, "history": stage["history"],
                             **({"selection": BEST_NOTE} if which == "best" else {})})
         reports[which] = report
-    print(f"cap {stage['cap']:.4f}; saved {out_last} (last epoch) and {out_best} (best epoch {best['epoch']}); "
-          f"reports {reports['last']} and {reports['best']}")
+    print(f"cap {stage['cap']:.4f}: the largest L2 norm a {head} weight row may have during the stage, min + "
+          f"{opts.thresh:g} x (max - min) of the rows' norms before it (--thresh)")
     print("before:\n" + table(before))
     print(f"after, last epoch ({opts.epochs}):\n" + table(stage["last"]))
     print(f"after, best epoch ({best['epoch']}; {BEST_NOTE}):\n" + table(best["result"]))
+    print(f"written:\n  last epoch: {out_last}\n  best epoch: {out_best}\n  reports: {reports['last']}\n"
+          f"           {reports['best']}")
     return {"before": before, "last": stage["last"], "best": best["result"], "best_epoch": best["epoch"],
             "history": stage["history"], "cap": stage["cap"]}
 

@@ -31,6 +31,7 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.config import Parser  # noqa: E402
 import torch  # noqa: E402
 
 from scripts.maxnorm_stage import get_args_parser as stage_parser, stage_options, variant_slug  # noqa: E402
@@ -38,6 +39,7 @@ from scripts.results import read_run  # noqa: E402
 from utils.errors import UsageError  # noqa: E402
 from utils.figures import plot_reproduction  # noqa: E402
 from glmc.paper_tables import TABLES, Cell, Row, Table  # noqa: E402
+from utils.progress import plural  # noqa: E402
 from utils.runs import LATEST, read_metrics  # noqa: E402
 from utils.sweep import DONE, FAILED, Job, Sweep  # noqa: E402
 
@@ -48,7 +50,7 @@ BEST_NOTE = ("top-1 best is the best test accuracy over epochs (chosen on the te
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
+    parser = Parser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
                                      formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("table", help="one of: " + ", ".join(TABLES))
     seeds = parser.add_mutually_exclusive_group()
@@ -351,7 +353,7 @@ def main(argv=None) -> int:
         return 128 + stopped
     failed = [j.name for j in jobs if j.state == FAILED]
     if failed:
-        print(f"{len(failed)} run(s) failed: {', '.join(failed)} (logs in {os.path.join(out, 'logs')})",
+        print(f"{plural(len(failed), 'run')} failed: {', '.join(failed)} (logs in {os.path.join(out, 'logs')})",
               file=sys.stderr)
         return 1
     return 0

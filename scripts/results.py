@@ -10,31 +10,38 @@ A row counts distinct seeds: folders that repeat a seed of the same configuratio
 (a copied folder, or the same run started twice) count once, the newest (by its
 last metrics.jsonl write) standing for that seed, and the repeats are listed in
 their own column. Each kind of evaluation has its own column: the training-time
-evaluation of every epoch (best and last), test.py per checkpoint, head and
-post-hoc method, and the MaxNorm stage. A cell is the mean ± sample standard
-deviation over the seeds that have it, with their number n. IF is 1 /
---imbanlance_rate for CIFAR and the training set's largest over smallest class
-count for list and folder data.
+evaluation of every epoch (its best epoch, chosen on the test set as released, and
+its last), test.py per checkpoint, head and post-hoc method, and the MaxNorm stage.
+A cell is the mean ± sample standard deviation over the seeds that have it, with
+their number n; the CSV holds each as three numeric columns (mean, std, n). IF is
+1 / --imbanlance_rate for CIFAR and the training set's largest over smallest class
+count for list and folder data. List and folder data sets are told apart by their
+training set (its fingerprint), and named by their folder.
 """
-import argparse
 import csv
 import json
 import os
 import statistics
 import sys
 from collections import OrderedDict
-from typing import Dict, List, Optional, Tuple
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple, Union
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from utils.config import Parser  # noqa: E402
+from utils.errors import writing  # noqa: E402
 from utils.runs import read_metrics  # noqa: E402
 
 # Settings that do not change what a run computes (or vary per run by design).
 NOT_CONFIG = {"seed", "seeds", "root", "root_log", "root_model", "resume", "gpu", "workers", "print_freq",
               "dry_run", "debug", "no_download", "no_tensorboard", "start_epoch", "name", "given_flags",
-              "dir_train_txt", "dir_test_txt", "channels_last", "compile"}
-FIXED_COLUMNS = ["data set", "IF", "arch", "method", "epochs", "seeds", "data seed", "top-1 best", "top-1 last",
-                 "many", "medium", "few"]
+              "dir_train_txt", "dir_test_txt", "channels_last", "compile", "threads", "trust_checkpoint"}
+BEST, LAST = "top-1 best epoch (chosen on test)", "top-1 last epoch"
+GROUPS = ("many", "medium", "few")
+FIXED_COLUMNS = ["data set", "IF", "arch", "method", "epochs", "seeds", "data seed", BEST, LAST,
+                 *(f"{g} (last epoch)" for g in GROUPS)]
+CIFAR = ("cifar10", "cifar100")
 LAST_COLUMNS = ["runs complete", "repeated seeds"]
 
 
@@ -43,21 +50,28 @@ def warn(message: str) -> None:
 
 
 def find_runs(paths: List[str]) -> List[str]:
+    """Run folders (args.json + metrics.jsonl); a folder with args.json only is named in a warning."""
     runs = []
     for path in paths:
         for folder, _, files in os.walk(path):
             if "args.json" in files and "metrics.jsonl" in files:
                 runs.append(folder)
+            elif "args.json" in files:
+                warn(f"{folder}: no finished epoch (no metrics.jsonl), or a dry run of an older version; skipped")
     return sorted(runs)
 
 
 def report_column(report: Dict) -> Optional[str]:
-    """The column of an evaluation report, e.g. 'test.py fc_cb (best)' or 'MaxNorm stage best epoch (best)'."""
+    """The column of an evaluation report, e.g. 'test.py fc_cb, best checkpoint' or 'MaxNorm stage, best stage
+    epoch (chosen on test), best checkpoint'."""
     kind = report.get("kind")
     if kind not in ("test.py", "maxnorm stage") or "top1" not in report:
         return None
-    name = "test.py" if kind == "test.py" else "MaxNorm stage"
-    return f"{name} {report.get('evaluation', '')} ({report.get('checkpoint_label', '?')})".replace("  ", " ")
+    evaluation = report.get("evaluation", "")
+    if kind == "maxnorm stage":
+        evaluation = ("stage " + evaluation).replace("stage best epoch", "best stage epoch (chosen on test)")
+    name = "test.py" if kind == "test.py" else "MaxNorm stage,"
+    return f"{name} {evaluation}, {report.get('checkpoint_label', '?')} checkpoint".replace("  ", " ")
 
 
 def read_reports(folder: str) -> Dict[str, float]:
@@ -114,7 +128,18 @@ def data_seed_of(meta: Dict) -> Optional[int]:
 def config_key(meta: Dict) -> str:
     config = {k: v for k, v in meta["args"].items() if k not in NOT_CONFIG and k != "data_seed"}
     config["data_seed"] = data_seed_of(meta)
+    if meta["args"].get("dataset") not in CIFAR:  # the images themselves: another folder is another data set
+        config["training set"] = meta.get("train_fingerprint") or meta["args"].get("root")
     return json.dumps(config, sort_keys=True, default=str)
+
+
+def data_set_name(meta: Dict) -> str:
+    """The data set, with the folder of list and folder data ('folder (nepes)')."""
+    args = meta["args"]
+    root = meta.get("data_root") or args.get("root")
+    if args.get("dataset") in CIFAR or not root:
+        return args.get("dataset", "?")
+    return f"{args['dataset']} ({os.path.basename(os.path.normpath(root))})"
 
 
 def imbalance_factor(meta: Dict) -> str:
@@ -136,12 +161,22 @@ def one_run_per_seed(members: List[Dict]) -> Tuple[List[Dict], str]:
     return kept, repeats
 
 
-def cell(values: List[float]) -> str:
-    if not values:
-        return ""
-    if len(values) == 1:
-        return f"{values[0]:.2f} (n=1)"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f} (n={len(values)})"
+@dataclass
+class Stat:
+    """A figure over seeds: shown as 'mean ± std (n=N)', written to CSV as three numbers."""
+    values: List[float]
+
+    def __str__(self) -> str:
+        if not self.values:
+            return ""
+        if len(self.values) == 1:
+            return f"{self.values[0]:.2f} (n=1)"
+        return f"{statistics.mean(self.values):.2f} ± {statistics.stdev(self.values):.2f} (n={len(self.values)})"
+
+    def fields(self, column: str) -> Dict[str, str]:
+        mean = f"{statistics.mean(self.values):.10g}" if self.values else ""
+        std = f"{statistics.stdev(self.values):.10g}" if len(self.values) > 1 else ""
+        return {f"{column} mean": mean, f"{column} std": std, f"{column} n": str(len(self.values))}
 
 
 def mean_or_empty(values: List[Optional[float]]) -> str:
@@ -149,7 +184,10 @@ def mean_or_empty(values: List[Optional[float]]) -> str:
     return f"{statistics.mean(present):.2f}" if present else "empty"
 
 
-def summarise(runs: List[Dict]) -> List[Dict[str, str]]:
+Row = Dict[str, Union[str, Stat]]
+
+
+def summarise(runs: List[Dict]) -> List[Row]:
     groups: "OrderedDict[str, List[Dict]]" = OrderedDict()
     for run in runs:
         if run["records"]:
@@ -161,37 +199,51 @@ def summarise(runs: List[Dict]) -> List[Dict[str, str]]:
         lasts = [m["records"][-1] for m in members]
         complete = sum(r["epoch"] == args["epochs"] for r in lasts)
         arch = args["arch"] + (f" (width {args['width']})" if args["arch"] == "resnet32" else "")
-        row = {
-            "data set": args["dataset"], "IF": imbalance_factor(members[0]["meta"]), "arch": arch,
+        row: Row = {
+            "data set": data_set_name(members[0]["meta"]), "IF": imbalance_factor(members[0]["meta"]), "arch": arch,
             "method": members[0]["meta"].get("variant", "glmc"), "epochs": str(args["epochs"]),
             "seeds": ",".join(str(m["meta"]["args"]["seed"]) for m in members),
-            "data seed": "= seed" if data_seed_of(members[0]["meta"]) is None else str(data_seed_of(members[0]["meta"])),
-            "top-1 best": cell([max(r["top1"] for r in m["records"]) for m in members]),
-            "top-1 last": cell([r["top1"] for r in lasts]),
-            "many": mean_or_empty([r["many"] for r in lasts]), "medium": mean_or_empty([r["medium"] for r in lasts]),
-            "few": mean_or_empty([r["few"] for r in lasts]),
+            "data seed": "= seed" if data_seed_of(members[0]["meta"]) is None
+            else str(data_seed_of(members[0]["meta"])),
+            BEST: Stat([max(r["top1"] for r in m["records"]) for m in members]),
+            LAST: Stat([r["top1"] for r in lasts]),
+            **{f"{g} (last epoch)": mean_or_empty([r[g] for r in lasts]) for g in GROUPS},
         }
         for column in sorted({c for m in members for c in m["reports"]}):
-            row[column] = cell([m["reports"][column] for m in members if column in m["reports"]])
+            row[column] = Stat([m["reports"][column] for m in members if column in m["reports"]])
         row["runs complete"] = f"{complete}/{len(members)}"
         row["repeated seeds"] = repeats
         rows.append(row)
     return rows
 
 
-def columns_of(rows: List[Dict[str, str]]) -> List[str]:
+def columns_of(rows: List[Row]) -> List[str]:
     extra = sorted({c for row in rows for c in row} - set(FIXED_COLUMNS) - set(LAST_COLUMNS))
     return FIXED_COLUMNS + extra + LAST_COLUMNS
 
 
-def markdown(rows: List[Dict[str, str]], columns: List[str]) -> str:
+def markdown(rows: List[Row], columns: List[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
-    lines += ["| " + " | ".join(row.get(c, "") for c in columns) + " |" for row in rows]
+    lines += ["| " + " | ".join(str(row.get(c, "")) for c in columns) + " |" for row in rows]
     return "\n".join(lines)
 
 
+def csv_rows(rows: List[Row], columns: List[str]) -> Tuple[List[str], List[Dict[str, str]]]:
+    """(header, rows) of the CSV: a figure over seeds becomes its mean, std and n columns, numbers only."""
+    stats = {c for row in rows for c, v in row.items() if isinstance(v, Stat)}
+    header = [name for c in columns for name in (Stat([]).fields(c) if c in stats else [c])]
+    out = []
+    for row in rows:
+        flat: Dict[str, str] = {}
+        for c in columns:
+            value = row.get(c, Stat([]) if c in stats else "")
+            flat.update(value.fields(c) if isinstance(value, Stat) else {c: value})
+        out.append(flat)
+    return header, out
+
+
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = Parser(description=__doc__.splitlines()[0])
     parser.add_argument("paths", nargs="+", help="run folders or folders holding them")
     parser.add_argument("--csv", default=None, help="also write the table as CSV to this path")
     args = parser.parse_args(argv)
@@ -202,14 +254,18 @@ def main(argv=None) -> int:
     rows = summarise(runs)
     columns = columns_of(rows)
     print(markdown(rows, columns))
-    print("top-1 best/last: the evaluation during training (the run's head, fc_cb for GLMC), as released; "
-          "many/medium/few: last epoch. Cells: mean ± standard deviation over distinct seeds (n seeds); a seed run "
-          "more than once counts once (its newest run), the repeats listed under 'repeated seeds'.")
+    print("top-1: the evaluation during training (the run's head, fc_cb for GLMC): its best epoch, chosen on the test "
+          "set as the released code and the paper do, and its last epoch. Cells: mean ± standard deviation over "
+          "distinct seeds (n seeds); a seed run more than once counts once (its newest run), the repeats listed "
+          "under 'repeated seeds'.")
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
+        header, flat = csv_rows(rows, columns)
+        with writing(args.csv):
+            with open(args.csv, "w", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=header, restval="")
+                writer.writeheader()
+                writer.writerows(flat)
+        print(f"CSV written to {args.csv}")
     return 0
 
 

@@ -6,9 +6,15 @@ import signal
 import subprocess
 import sys
 
-import numpy as np
-import pytest
-import torch
+# One intra-op thread for the tests and every process they start: tiny work gains nothing from more, and
+# on a shared machine more threads make it many times slower (bench/threads.py)
+os.environ["OMP_NUM_THREADS"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)

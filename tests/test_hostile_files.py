@@ -70,8 +70,9 @@ def test_our_checkpoints_and_the_released_layout_load_as_data(tmp_path):
     optimizer.step()
     # what the released code's save_checkpoint stores: epoch, arch, DataParallel weights, best_acc1 (a tensor
     # from its accuracy function) and the optimizer's state
-    released = {"epoch": 200, "arch": "resnet32", "state_dict": {"module." + k: v for k, v in model.state_dict().items()},
-                "best_acc1": torch.tensor(88.49), "optimizer": optimizer.state_dict()}
+    weights = {"module." + k: v for k, v in model.state_dict().items()}
+    released = {"epoch": 200, "arch": "resnet32", "state_dict": weights, "best_acc1": torch.tensor(88.49),
+                "optimizer": optimizer.state_dict()}
     torch.save(released, tmp_path / "released.pth.tar")
     loaded = read_checkpoint(str(tmp_path / "released.pth.tar"))
     assert loaded["epoch"] == 200 and float(loaded["best_acc1"]) == pytest.approx(88.49)
@@ -257,7 +258,7 @@ def test_resume_and_results_survive_a_metrics_line_that_is_not_utf8(tmp_path, da
     out, err = capsys.readouterr()
     assert not code and "line 3" in err and "Traceback" not in err
     code, out, err = cli(train_script, ["--resume", run_dir], capsys)  # finished: tidied, nothing trained
-    assert code == 0 and "1 torn lines removed" in out, err
+    assert code == 0 and "1 torn line removed" in out, err
     assert [json.loads(line)["epoch"] for line in open(metrics)] == [1, 2]
 
 

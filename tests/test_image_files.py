@@ -257,8 +257,8 @@ def test_a_class_without_training_images_stops_unless_allowed(tmp_path, capsys):
     from datasets import build_data
 
     root, train_txt, test_txt = imagenet_style(tmp_path, counts=(6, 0, 2, 3))
-    with pytest.raises(UsageError, match="1 class.es. have no training image: 1. .*--allow_empty_classes"):
+    with pytest.raises(UsageError, match="1 class without a training image: 1. .*--allow_empty_classes"):
         build_data(list_args(root, train_txt, test_txt, num_classes=4))
     data = build_data(list_args(root, train_txt, test_txt, num_classes=4, allow_empty_classes=True))
     assert data.train_counts == [6, 0, 2, 3]
-    assert "2 class(es) have fewer than 5 training images: 2: 2, 3: 3" in capsys.readouterr().err
+    assert "2 classes with fewer than 5 training images: 2: 2, 3: 3" in capsys.readouterr().err

@@ -195,7 +195,8 @@ def test_bad_checkpoints(script, flags, kind, trained_run, tmp_path, capsys):
     elif kind == "other_arch":
         path = good
     elif kind == "undescribed_other_arch":  # no run description (as released): the flags are trusted
-        torch.save({k: v for k, v in torch.load(good, weights_only=False).items() if k not in ("run", "args", "checksum")}, path)
+        kept = {k: v for k, v in torch.load(good, weights_only=False).items() if k not in ("run", "args", "checksum")}
+        torch.save(kept, path)
     before = {n: os.path.getmtime(os.path.join(run_dir, n)) for n in os.listdir(run_dir)}
     argv = flags + ["--root", data_root, "--resume", path]
     if kind.endswith("other_arch"):

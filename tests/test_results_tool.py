@@ -2,6 +2,8 @@ import csv
 import json
 import statistics
 
+import pytest
+
 from scripts.results import main as results_main
 
 BASE_ARGS = {"dataset": "cifar10", "imbanlance_rate": 0.01, "arch": "resnet32", "width": 16, "epochs": 3,
@@ -25,9 +27,18 @@ def add_report(folder, name, top1, kind="test.py", evaluation="fc_cb", label="be
                                                     "top1": top1, "per_class": []}))
 
 
+BEST, LAST = "top-1 best epoch (chosen on test)", "top-1 last epoch"
+
+
 def table(tmp_path):
     results_main([str(tmp_path), "--csv", str(tmp_path / "t.csv")])
     return list(csv.DictReader(open(tmp_path / "t.csv")))
+
+
+def stat(row, column):
+    """(mean, std, n) of a figure over seeds, read as numbers from the CSV."""
+    mean, std, n = (row[f"{column} {part}"] for part in ("mean", "std", "n"))
+    return float(mean), (float(std) if std else None), int(n)
 
 
 def test_seeds_aggregate_into_one_row(tmp_path, capsys):
@@ -40,12 +51,17 @@ def test_seeds_aggregate_into_one_row(tmp_path, capsys):
     assert len(rows) == 2
     glmc = next(r for r in rows if r["method"] == "glmc")
     assert glmc["seeds"] == "1,2"
-    assert glmc["top-1 best"] == f"{statistics.mean([30, 25]):.2f} ± {statistics.stdev([30, 25]):.2f} (n=2)"
-    assert glmc["top-1 last"] == f"{statistics.mean([20, 24]):.2f} ± {statistics.stdev([20, 24]):.2f} (n=2)"
-    assert glmc["few"] == "empty" and glmc["many"] == "50.00" and glmc["runs complete"] == "2/2"
+    assert stat(glmc, BEST) == (pytest.approx(27.5), pytest.approx(statistics.stdev([30, 25])), 2)
+    assert stat(glmc, LAST) == (pytest.approx(22.0), pytest.approx(statistics.stdev([20, 24])), 2)
+    assert glmc["few (last epoch)"] == "empty" and glmc["many (last epoch)"] == "50.00"
+    assert glmc["runs complete"] == "2/2"
     ce = next(r for r in rows if r["method"] == "ce")
-    assert ce["top-1 best"] == "7.00 (n=1)" and ce["top-1 last"] == "7.00 (n=1)"
+    assert stat(ce, BEST) == (7.0, None, 1) and stat(ce, LAST) == (7.0, None, 1)
     assert "| cifar10 | 100 | resnet32 (width 16) | glmc |" in out
+    best, last = statistics.stdev([30, 25]), statistics.stdev([20, 24])
+    assert f"| 27.50 ± {best:.2f} (n=2) | 22.00 ± {last:.2f} (n=2) |" in out
+    header = out.splitlines()[0]
+    assert header.count("best") == 1 and BEST in header and LAST in header
 
 
 def test_each_kind_of_evaluation_has_its_own_column(tmp_path):
@@ -54,11 +70,12 @@ def test_each_kind_of_evaluation_has_its_own_column(tmp_path):
     add_report(a, "best-fc_cb.json", 10.0)
     add_report(a, "best-fc.json", 20.0, evaluation="fc")
     add_report(b, "best-fc_cb.json", 14.0)
-    add_report(a, "maxnorm-best.json", 40.0, kind="maxnorm stage", evaluation="best")
+    add_report(a, "maxnorm-best.json", 40.0, kind="maxnorm stage", evaluation="best epoch")
     (row,) = table(tmp_path)
-    assert row["test.py fc_cb (best)"] == f"12.00 ± {statistics.stdev([10, 14]):.2f} (n=2)"
-    assert row["test.py fc (best)"] == "20.00 (n=1)"  # never averaged with fc_cb
-    assert row["MaxNorm stage best (best)"] == "40.00 (n=1)"  # not shown as a test.py figure
+    assert stat(row, "test.py fc_cb, best checkpoint") == (12.0, pytest.approx(statistics.stdev([10, 14])), 2)
+    assert stat(row, "test.py fc, best checkpoint") == (20.0, None, 1)  # never averaged with fc_cb
+    # not shown as a test.py figure; its two "best"s told apart
+    assert stat(row, "MaxNorm stage, best stage epoch (chosen on test), best checkpoint") == (40.0, None, 1)
 
 
 def test_a_fixed_data_seed_is_part_of_the_configuration(tmp_path):
@@ -75,7 +92,7 @@ def test_a_torn_metrics_line_is_skipped_with_a_warning(tmp_path, capsys):
     with open(folder / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 3, "top1": 9')  # what a full disk can leave
     (row,) = table(tmp_path)
-    assert row["top-1 last"] == "20.00 (n=1)"
+    assert stat(row, LAST) == (20.0, None, 1)
     err = capsys.readouterr().err
     assert "metrics.jsonl, line 3" in err and "skipped" in err
 
@@ -99,7 +116,7 @@ def test_a_copied_run_folder_counts_once(tmp_path):
     make_run(tmp_path, "b", 1, [20.0, 30.0])
     (row,) = table(tmp_path)
     assert row["seeds"] == "3407,1" and row["repeated seeds"] == "3407 (2 runs)"
-    assert row["top-1 last"] == f"{statistics.mean([12, 30]):.2f} ± {statistics.stdev([12, 30]):.2f} (n=2)"
+    assert stat(row, LAST) == (21.0, pytest.approx(statistics.stdev([12, 30])), 2)
 
 
 def test_a_given_data_seed_keeps_a_sweep_in_one_row(tmp_path):
@@ -126,3 +143,21 @@ def test_imbalance_factor_of_list_data_from_the_class_counts(tmp_path):
     (folder / "args.json").write_text(json.dumps({**meta, "train_counts": [1280, 400, 20, 5]}))
     (row,) = table(tmp_path)
     assert row["IF"] == "256"
+
+
+def test_two_folder_data_sets_with_the_same_flags_are_two_rows(tmp_path, capsys):
+    for name, fingerprint, data_root in (("a", "f1", "/data/nepes"), ("b", "f2", "/data/wafers")):
+        folder = make_run(tmp_path, name, 1, [10.0], dataset="folder")
+        meta = json.loads((folder / "args.json").read_text())
+        (folder / "args.json").write_text(json.dumps({**meta, "train_fingerprint": fingerprint,
+                                                      "data_root": data_root}))
+    rows = table(tmp_path)
+    assert sorted(r["data set"] for r in rows) == ["folder (nepes)", "folder (wafers)"]
+
+
+def test_a_folder_without_a_finished_epoch_is_named(tmp_path, capsys):
+    make_run(tmp_path, "a", 1, [10.0])
+    (tmp_path / "started").mkdir()
+    (tmp_path / "started" / "args.json").write_text(json.dumps({"args": BASE_ARGS}))
+    table(tmp_path)
+    assert f"{tmp_path / 'started'}: no finished epoch" in capsys.readouterr().err

@@ -18,6 +18,7 @@ from scripts import maxnorm_stage
 from tests.conftest import ROOT, TINY_TRAIN, cli, sigterm_when, write_cifar
 from utils import checkpoint as checkpoint_module
 from utils.checkpoint import unwrap
+from utils.runs import new_run_folder
 
 pytestmark = pytest.mark.slow  # trains networks or starts processes
 
@@ -137,11 +138,27 @@ def test_checkpoint_missing_a_resume_key_is_refused_before_writing(tmp_path, dat
 
 
 def test_a_run_that_never_reached_a_checkpoint_gives_the_command_to_start_again(tmp_path, data_root, capsys):
-    train_script.main(parse("--root", data_root, "--epochs", "3", "--root_log", str(tmp_path / "runs"), "--dry_run"))
-    run_dir = only_run(tmp_path / "runs")
-    code, _, err = cli(train_script, ["--resume", run_dir], capsys)
+    meta = train_script.main(parse("--root", data_root, "--epochs", "3", "--root_log", str(tmp_path / "runs"),
+                                   "--dry_run"))
+    run_dir = tmp_path / "runs" / "killed_in_epoch_1"  # what a run killed (kill -9) in its first epoch leaves
+    run_dir.mkdir(parents=True)
+    meta["args"]["dry_run"] = False
+    (run_dir / "args.json").write_text(json.dumps({**meta, "command": meta["command"].replace(" --dry_run", "")}))
+    code, _, err = cli(train_script, ["--resume", str(run_dir)], capsys)
     assert code == 2 and "no checkpoint" in err and "before its first epoch ended" in err
     assert "python main.py" in err and "--epochs 3" in err
+
+
+def test_resuming_an_old_dry_run_folder_says_so_and_gives_the_real_command(tmp_path, data_root, capsys):
+    meta = train_script.main(parse("--root", data_root, "--epochs", "3", "--root_log", str(tmp_path / "runs"),
+                                   "--dry_run"))
+    run_dir = tmp_path / "runs" / "dry"  # what a dry run of an older version left
+    run_dir.mkdir(parents=True)
+    (run_dir / "args.json").write_text(json.dumps(meta))
+    assert "--dry_run" in meta["command"]
+    code, _, err = cli(train_script, ["--resume", str(run_dir)], capsys)
+    assert code == 2 and "was made by a dry run" in err and "--epochs 3" in err
+    assert "--dry_run" not in err.split("Start the run with:")[1]
 
 
 # ---------------------------------------------------------------- test.py and the MaxNorm stage read the checkpoint
@@ -363,10 +380,9 @@ def test_log_holds_the_stop_messages_and_files_share_permissions(tmp_path, data_
     assert modes["ckpt.pth.tar"] == modes["ckpt.best.pth.tar"] == modes["metrics.jsonl"] == modes["log.txt"]
 
 
-def test_a_taken_run_folder_name_gets_a_suffix(tmp_path, data_root):
+def test_a_taken_run_folder_name_gets_a_suffix(tmp_path):
     for _ in range(2):
-        train_script.main(parse("--root", data_root, "--dry_run", "--name", "sweep", "--root_log",
-                                str(tmp_path / "runs")))
+        new_run_folder(str(tmp_path / "runs"), "sweep")
     assert sorted(os.listdir(tmp_path / "runs")) == ["sweep", "sweep-2"]
 
 

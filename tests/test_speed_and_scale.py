@@ -168,7 +168,7 @@ def test_two_process_gloo_run(data_root, tmp_path):
                 TINY + ["--root", data_root, "--epochs", "2", "--root_log", str(tmp_path / "single")]))
     (single_run,) = os.listdir(tmp_path / "single")
     out = torchrun(TINY + ["--root", data_root, "--epochs", "2", "--resume", str(tmp_path / "single" / single_run)])
-    assert out.returncode != 0 and "trained by 1 process(es) and this resume has 2" in out.stderr
+    assert out.returncode != 0 and "trained by 1 process and this resume has 2" in out.stderr
     lines = (tmp_path / "single" / single_run / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1]
 

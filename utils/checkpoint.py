@@ -263,7 +263,8 @@ def read_checkpoint(path: str, trust: bool = False) -> Dict:
                          "Is the file truncated or not a PyTorch checkpoint?") from exc
     if isinstance(obj, dict) and CHECKSUM in obj and obj[CHECKSUM] != content_checksum(obj):
         raise CorruptCheckpoint(f"checkpoint {path!r} is corrupted: its contents do not match the checksum "
-                                "written with them (a byte changed on disk or in a copy; a checkpoint edited on purpose "
+                                "written with them (a byte changed on disk or in a copy; a checkpoint edited on "
+                                "purpose "
                                 f"must drop its {CHECKSUM!r} entry)")
     if isinstance(obj, dict) and "state_dict" in obj:
         return obj

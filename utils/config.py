@@ -12,6 +12,7 @@ import torch
 from utils.errors import RunStopped, UsageError
 from utils.interrupt import EXIT_INTERRUPTED, INTERRUPTED_MESSAGE
 from utils.metrics import SHOT_RULES
+from utils.progress import plural
 
 
 class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -26,7 +27,19 @@ class DefaultsHelpFormatter(argparse.RawDescriptionHelpFormatter):
         return f"{text} (default: {action.default})"
 
 
-class FlagTrackingParser(argparse.ArgumentParser):
+class Parser(argparse.ArgumentParser):
+    """The command-line parser of every script here: flags are never abbreviated (`--epoch 3` is an error, not
+    `--epochs 3`), and a bad command line gets one usage line and the error, not the whole usage."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+    def error(self, message: str):
+        self.exit(2, f"usage: {self.prog} [flags] (--help lists them)\n{self.prog}: error: {message}\n")
+
+
+class FlagTrackingParser(Parser):
     """An ArgumentParser that also records which flags the command line gave (`args.given_flags`).
 
     A flag given with its default value counts as given: the run's description and the
@@ -112,6 +125,10 @@ def add_run_args(parser: argparse.ArgumentParser, training: bool = True) -> None
     g.add_argument("-j", "--workers", type=int, default=min(4, os.cpu_count() or 1),
                    help="data loading worker processes (default: 4 as released, fewer on a smaller machine)")
     g.add_argument("--gpu", type=int, default=None, help="GPU index (default: GPU 0 if there is one, else CPU)")
+    g.add_argument("--threads", type=int, default=None,
+                   help="CPU threads of the network's operations (default: OMP_NUM_THREADS if set, else the cores "
+                        "idle at the start: threads that share a core with another busy process make small work "
+                        "many times slower)")
     g.add_argument("--debug", action="store_true", help="show the Python traceback on errors")
     g.add_argument("--trust_checkpoint", action="store_true",
                    help="load checkpoints with full unpickling, which RUNS ANY CODE THE FILE HOLDS: only for a file "
@@ -125,6 +142,8 @@ def check_run_args(args: argparse.Namespace) -> None:
         raise UsageError(f"-b/--batch_size {args.batch_size} must be positive")
     if args.workers < 0:
         raise UsageError(f"-j/--workers {args.workers} must be 0 or more")
+    if args.threads is not None and args.threads <= 0:
+        raise UsageError(f"--threads {args.threads} must be positive")
 
 
 def select_device(gpu) -> torch.device:
@@ -133,7 +152,7 @@ def select_device(gpu) -> torch.device:
         return torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
     count = torch.cuda.device_count()
     if gpu < 0 or gpu >= count:
-        raise UsageError(f"--gpu {gpu} asked for, but this machine has {count} GPU(s)")
+        raise UsageError(f"--gpu {gpu} asked for, but this machine has {plural(count, 'GPU')}")
     return torch.device(f"cuda:{gpu}")
 
 

@@ -10,7 +10,8 @@ from utils.errors import EXIT_DIVERGED, RunStopped
 
 @dataclass
 class EpochProgress:
-    """How far the current epoch got: batches done and running sums of the loss terms.
+    """How far the current epoch got: batches done, running sums of the loss terms, and the seconds it
+    trained (an epoch resumed mid-way counts the time before the stop too).
 
     The sums may be device tensors during the epoch (no host sync per step).
     """
@@ -18,12 +19,14 @@ class EpochProgress:
     step: int = 0
     seen: int = 0
     sums: Dict[str, float] = field(default_factory=dict)
+    seconds: float = 0.0
 
     def means(self) -> Dict[str, float]:
         return {k: float(v) / max(self.seen, 1) for k, v in self.sums.items()}
 
     def snapshot(self) -> Dict:
-        return {"step": self.step, "seen": self.seen, "sums": {k: float(v) for k, v in self.sums.items()}}
+        return {"step": self.step, "seen": self.seen, "sums": {k: float(v) for k, v in self.sums.items()},
+                "seconds": self.seconds}
 
 
 def remaining_time(elapsed: float, steps_done: int, steps_left: int, steps_per_epoch: int,
@@ -71,3 +74,8 @@ class DivergenceWatch:
                 "on another process"
             raise RunStopped(f"non-finite loss at epoch {epoch + 1}, step {step + 1}: {values}. "
                              "The run stopped without saving; the last checkpoint is left intact.", EXIT_DIVERGED)
+
+
+def plural(n: int, noun: str, nouns: Optional[str] = None) -> str:
+    """'1 step', '2 steps'; `nouns` for another plural ('1 class', '2 classes')."""
+    return f"{n} {noun if n == 1 else nouns or noun + 's'}"

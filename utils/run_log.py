@@ -28,10 +28,22 @@ def library_versions() -> Dict[str, str]:
             "cuda": str(torch.version.cuda)}
 
 
+def tidy_floats(obj):
+    """`obj` with every float rounded to 10 significant digits: the figures keep all they mean, and float
+    noise (49.220000000000006) goes."""
+    if isinstance(obj, float):
+        return float(f"{obj:.10g}")
+    if isinstance(obj, dict):
+        return {k: tidy_floats(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [tidy_floats(v) for v in obj]
+    return obj
+
+
 def write_json(path: str, obj: Dict) -> None:
     with writing(path):
         with open(path, "w") as f:
-            json.dump(obj, f, indent=2, default=str)
+            json.dump(tidy_floats(obj), f, indent=2, default=str)
             f.write("\n")
 
 

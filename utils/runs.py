@@ -31,7 +31,8 @@ from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
 from utils.checkpoint import BEST, LATEST, TEMPORARY_PREFIX, CorruptCheckpoint, atomic_copy, read_checkpoint
 from utils.errors import UsageError, WriteFailed, writing
-from utils.run_log import run_name
+from utils.progress import plural
+from utils.run_log import run_name, tidy_floats
 
 LOCK = ".lock"
 
@@ -40,7 +41,7 @@ LOCK = ".lock"
 OPERATIONAL_FLAGS = frozenset({
     "root", "dir_train_txt", "dir_test_txt", "workers", "print_freq", "gpu", "debug", "no_tensorboard",
     "no_download", "skip_bad_images", "resume", "dry_run", "root_log", "root_model", "channels_last", "compile",
-    "seeds", "name", "given_flags", "trust_checkpoint"})
+    "seeds", "name", "given_flags", "trust_checkpoint", "threads"})
 # What test.py and the MaxNorm stage take from a checkpoint: the model and the data it was trained on.
 # (--seed is not among them: the data seed is, and the stage's own shuffling may use another seed.)
 MODEL_AND_DATA_FLAGS = ("dataset", "arch", "width", "num_classes", "imbanlance_rate", "split", "data_seed",
@@ -72,7 +73,8 @@ def describe_run(args: argparse.Namespace, train_counts: List[int], class_names:
     (the classifier every evaluation of the run uses, why); `flag_sources` says where each value came
     from: 'given', 'preset' (the paper's value for the data set) or 'default'; `run_id` names the run
     (a resumed run keeps its own; a new run gets a random one)."""
-    return {"run_id": run_id or uuid.uuid4().hex, "args": dict(vars(args)), "variant": variant,
+    return {"run_id": run_id or uuid.uuid4().hex, "args": dict(vars(args)), "data_root": os.path.abspath(args.root),
+            "variant": variant,
             "eval_head": eval_head[0],
             "eval_head_reason": eval_head[1], "world_size": world_size,
             "train_counts": list(train_counts), "class_names": class_names, "train_fingerprint": train_fingerprint,
@@ -136,6 +138,21 @@ def adopt_checkpoint_args(args: argparse.Namespace, stored_args: Dict, flags: It
     if conflicts:
         raise UsageError(f"{source} was made with other settings than the command line gives: "
                          + "; ".join(conflicts) + f". {why}")
+
+
+def adopt_data_root(args: argparse.Namespace, description: Optional[Dict], source: str) -> Optional[str]:
+    """--root from the checkpoint when the command line leaves it out: where the run found its data (the
+    absolute path it recorded, else its --root as given). Returns the line that says so, or None."""
+    if "root" in getattr(args, "given_flags", ()) or not description:
+        return None
+    recorded = description.get("data_root") or (description.get("args") or {}).get("root")
+    if not recorded or os.path.abspath(recorded) == os.path.abspath(args.root):
+        return None
+    if os.path.exists(recorded):
+        args.root = recorded
+        return f"data root {recorded} (recorded in {source}; --root to use another)"
+    return (f"note: the data root recorded in {source}, {recorded!r}, no longer exists; trying --root's default "
+            f"{args.root!r} (give --root where the data now is)")
 
 
 def defining_flags(args: argparse.Namespace) -> List[str]:
@@ -224,6 +241,18 @@ def new_run_folder(root_log: str, name: str) -> str:
     raise UsageError(f"--root_log {root_log!r} already holds 999 run folders named {name!r}")
 
 
+def check_can_create(folder: str) -> None:
+    """Stop (exit 2) unless run folders can be made in `folder`: it is a writable folder, or the nearest part
+    of its path that exists is one. Nothing is created."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise UsageError(f"--root_log {folder!r}: {path!r} is a file, so no run folder can be made there")
+    if not os.access(path, os.W_OK):
+        raise UsageError(f"--root_log {folder!r}: {path!r} is not writable")
+
+
 def read_args_json(run_dir: str) -> Optional[Dict]:
     path = os.path.join(run_dir, "args.json")
     if not os.path.isfile(path):
@@ -254,9 +283,16 @@ def resume_checkpoint_path(path: str) -> str:
     if ckpt_dir and os.path.isfile(os.path.join(ckpt_dir, LATEST)):
         return os.path.join(ckpt_dir, LATEST)
     command = meta.get("command", "python main.py ...")
+    if (meta.get("args") or {}).get("dry_run"):
+        command = shlex.join(part for part in shlex.split(command) if part != "--dry_run")
+        raise UsageError(f"run folder {path!r} was made by a dry run (an older version's: --dry_run now writes "
+                         f"nothing), which trains nothing, so there is nothing to resume. Start the run with:\n  "
+                         f"{command}")
     lock = RunLock(path).acquire()  # a run still in its first epoch holds it: "in use" is the right answer
     try:
-        removed = remove_temporaries(path) + (remove_temporaries(ckpt_dir) if ckpt_dir and ckpt_dir != path and os.path.isdir(ckpt_dir) else [])
+        removed = remove_temporaries(path)
+        if ckpt_dir and ckpt_dir != path and os.path.isdir(ckpt_dir):
+            removed += remove_temporaries(ckpt_dir)
     finally:
         lock.release()
     cleared = f" (cleared what it left: {', '.join(removed)})" if removed else ""
@@ -503,7 +539,7 @@ def read_metrics(path: str, warn=None) -> List[Dict]:
 def append_metrics(path: str, record: Dict) -> None:
     with writing(path):
         with open(path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+            f.write(json.dumps(tidy_floats(record)) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -530,11 +566,12 @@ def repair_metrics(path: str, epochs_done: int, own_record: Optional[Dict]) -> O
     tmp = path + ".tmp"
     with writing(path):
         with open(tmp, "w") as f:
-            f.writelines(json.dumps(r) + "\n" for r in kept)
+            f.writelines(json.dumps(tidy_floats(r)) + "\n" for r in kept)
         os.replace(tmp, path)
     dropped = len(records) - (len(kept) - added)
-    return (f"metrics.jsonl repaired to match the checkpoint ({epochs_done} epochs): {dropped} records of other "
-            f"epochs dropped, {int(added)} record added from the checkpoint, {len(skipped)} torn lines removed")
+    return (f"metrics.jsonl repaired to match the checkpoint ({plural(epochs_done, 'epoch')}): "
+            f"{plural(dropped, 'record')} of other epochs dropped, {plural(int(added), 'record')} added from the "
+            f"checkpoint, {plural(len(skipped), 'torn line')} removed")
 
 
 def repair_records(run_dir: str, checkpoint_path: str, checkpoint: Dict) -> List[str]:

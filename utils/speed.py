@@ -1,6 +1,9 @@
-"""Mixed precision, channels_last and DistributedDataParallel wrapping (torch.compile: glmc/train_step.py)."""
+"""CPU threads, mixed precision, channels_last and DistributedDataParallel wrapping (torch.compile:
+glmc/train_step.py)."""
 import contextlib
-from typing import Optional
+import os
+import time
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
@@ -8,6 +11,48 @@ from torch import nn
 from utils.distributed import World
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def idle_cores(interval: float = 0.2) -> Optional[float]:
+    """How many of the machine's cores the other processes leave idle, from /proc/stat over `interval`
+    seconds (None without /proc/stat)."""
+    def sample() -> Tuple[int, int]:
+        with open("/proc/stat") as f:
+            ticks = [int(v) for v in f.readline().split()[1:]]
+        return ticks[3] + ticks[4], sum(ticks)  # idle + iowait, all
+
+    try:
+        idle_before, total_before = sample()
+        time.sleep(interval)
+        idle_after, total_after = sample()
+    except (OSError, ValueError, IndexError):
+        return None
+    return (idle_after - idle_before) / max(total_after - total_before, 1) * (os.cpu_count() or 1)
+
+
+def choose_threads(requested: Optional[int]) -> Tuple[int, str]:
+    """(intra-op threads, why): --threads, else OMP_NUM_THREADS, else the cores that are idle now (at least
+    one). bench/threads.py measured why: on idle cores every thread helps (width 8 to 64), while threads
+    that must share a core with another busy process wait for each other and make a step many times
+    slower than one thread does."""
+    if requested:
+        return requested, "--threads"
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    if env.isdigit() and int(env) > 0:
+        return int(env), "OMP_NUM_THREADS"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    idle = idle_cores()
+    if idle is None:
+        return cores, "every core"
+    threads = max(1, min(cores, int(idle + 0.5)))
+    return threads, f"the idle cores: {idle:.1f} of {cores} were idle at the start; --threads N to choose"
+
+
+def set_threads(requested: Optional[int]) -> str:
+    """Set torch's intra-op threads (see `choose_threads`); returns the line that says how many and why."""
+    threads, why = choose_threads(requested)
+    torch.set_num_threads(threads)
+    return f"CPU threads: {threads} ({why})"
 
 
 def autocast(amp: str, device: torch.device):

@@ -1,0 +1,121 @@
+"""What a newcomer meets first: threads, flags, dry runs, outputs that need no second flag, tidy figures."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+import main as train_script
+import test as test_script
+from scripts import maxnorm_stage
+from tests.conftest import TINY_TRAIN, cli, write_cifar
+from utils import speed
+from utils.run_log import write_json
+from utils.runs import append_metrics
+
+
+def train(data_root, root_log, *extra, epochs=1):
+    train_script.main(train_script.get_args_parser().parse_args(
+        TINY_TRAIN + ["--root", data_root, "--epochs", str(epochs), "--root_log", str(root_log), *extra]))
+    (name,) = os.listdir(root_log)
+    return os.path.join(root_log, name)
+
+
+# ---------------------------------------------------------------- threads
+
+def test_threads_come_from_the_flag_then_the_environment_then_the_idle_cores(monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert speed.choose_threads(5) == (5, "--threads")
+    assert speed.choose_threads(None) == (3, "OMP_NUM_THREADS")
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    for idle, threads in ((0.0, 1), (0.4, 1), (1.6, 2), (3.9, 4), (7.5, 4)):  # at least one, at most the cores
+        monkeypatch.setattr(speed, "idle_cores", lambda interval=0.2, idle=idle: idle)
+        assert speed.choose_threads(None)[0] == threads
+
+
+def test_idle_cores_reads_the_ticks_of_proc_stat(monkeypatch, tmp_path):
+    samples = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  250 0 150 900 0 0 0 0 0 0\n"])
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda path, *a, **k: (
+        __import__("io").StringIO(next(samples)) if path == "/proc/stat" else real_open(path, *a, **k)))
+    monkeypatch.setattr(speed.time, "sleep", lambda s: None)
+    monkeypatch.setattr(speed.os, "cpu_count", lambda: 2)
+    # between the samples: 150 + 50 busy ticks and 100 idle ticks of 300, on 2 cores
+    assert speed.idle_cores() == pytest.approx(100 / 300 * 2)
+
+
+# ---------------------------------------------------------------- the command line
+
+def test_flags_are_not_abbreviated_and_a_bad_flag_gets_a_short_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train_script.get_args_parser().parse_args(["--epoch", "3"])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "unrecognized arguments: --epoch 3" in err
+    assert len(err.strip().splitlines()) == 2 and "--help" in err
+
+
+def test_a_dry_run_writes_nothing_and_counts_steps_in_words(tmp_path, capsys):
+    root = str(tmp_path / "data")
+    names = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    write_cifar(root, train_per_class=20, test_per_class=3, class_names=names)
+    train_script.main(train_script.get_args_parser().parse_args(
+        TINY_TRAIN + ["--root", root, "-b", "128", "--dry_run", "--root_log", str(tmp_path / "runs")]))
+    out = capsys.readouterr().out
+    assert "dry run: 1 step per epoch" in out and not (tmp_path / "runs").exists()
+    counts = [int(20 * 0.1 ** (c / 9)) for c in range(10)]
+    assert "airplane 20, automobile 15, bird 11" in out and f"truck {counts[-1]}" in out
+
+
+# ---------------------------------------------------------------- figures as they mean
+
+def test_json_figures_lose_their_float_noise(tmp_path):
+    record = {"epoch": 1, "top1": 49.220000000000006, "lr": 6.168375e-07, "loss": -3.60681234567891}
+    append_metrics(str(tmp_path / "metrics.jsonl"), record)
+    write_json(str(tmp_path / "r.json"), {"per_class": [33.300000000000004], "top1": record["top1"]})
+    line = (tmp_path / "metrics.jsonl").read_text()
+    assert '"top1": 49.22,' in line and '"lr": 6.168375e-07' in line and '"loss": -3.606812346' in line
+    assert json.loads((tmp_path / "r.json").read_text()) == {"per_class": [33.3], "top1": 49.22}
+
+
+# ---------------------------------------------------------------- outputs that need no second flag
+
+@pytest.mark.slow
+def test_evaluation_takes_the_data_root_from_the_checkpoint(tmp_path, capsys, monkeypatch):
+    data_root = str(tmp_path / "somewhere" / "cifar")
+    write_cifar(data_root, train_per_class=20, test_per_class=3)
+    run_dir = train(data_root, tmp_path / "runs")
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)  # where the default root, data/, holds nothing
+    code, out, err = cli(test_script, ["--resume", run_dir, "--plot"], capsys)
+    assert code == 0, err
+    assert f"data root {data_root} (recorded in checkpoint" in out
+    (report,) = [n for n in os.listdir(os.path.join(run_dir, "eval")) if n.endswith(".json")]
+    assert os.path.isfile(os.path.join(run_dir, "eval", report[:-len(".json")] + ".png"))  # --plot alone
+    code, out, err = cli(maxnorm_stage, ["--resume", run_dir, "--epochs", "1", "-j", "0"], capsys)
+    assert code == 0 and f"data root {data_root}" in out
+    assert "the stage's first epoch trains at learning rate 0" in err  # --epochs 1 trains nothing: said so
+    assert "\n  last epoch: " in out and out.index("after, best epoch") < out.index("written:")
+    shutil.move(data_root, str(tmp_path / "moved"))
+    code, out, err = cli(test_script, ["--resume", run_dir, "--no_download"], capsys)
+    assert code == 2 and data_root in out + err and "'data'" in out + err
+
+
+@pytest.mark.slow
+def test_an_epochs_seconds_include_the_part_before_a_mid_epoch_stop(tmp_path, data_root, capsys):
+    run_dir = train(data_root, tmp_path / "runs", epochs=2)
+    latest = os.path.join(run_dir, "ckpt.pth.tar")
+    checkpoint = torch.load(latest, weights_only=False)
+    # as if the second epoch had trained 1000 s, then stopped after its first step
+    checkpoint["in_epoch"] = {"step": 1, "seen": 16, "sums": {}, "seconds": 1000.0}
+    checkpoint["epoch"], checkpoint["record"] = 1, None  # what a mid-epoch checkpoint holds
+    del checkpoint["checksum"]  # edited on purpose
+    torch.save(checkpoint, latest)
+    with open(os.path.join(run_dir, "metrics.jsonl")) as f:
+        first = f.readline()
+    open(os.path.join(run_dir, "metrics.jsonl"), "w").write(first)
+    code, _, err = cli(train_script, ["--resume", run_dir], capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
+    assert [r["epoch"] for r in records] == [1, 2] and records[1]["seconds"] > 1000.0
