@@ -30,7 +30,7 @@ from typing import Dict, List, Optional, Tuple, Union
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.config import Parser  # noqa: E402
-from utils.errors import writing  # noqa: E402
+from utils.errors import WriteFailed, writing  # noqa: E402
 from utils.runs import read_metrics  # noqa: E402
 
 # Settings that do not change what a run computes (or vary per run by design).
@@ -69,7 +69,8 @@ def report_column(report: Dict) -> Optional[str]:
         return None
     evaluation = report.get("evaluation", "")
     if kind == "maxnorm stage":
-        evaluation = ("stage " + evaluation).replace("stage best epoch", "best stage epoch (chosen on test)")
+        evaluation = evaluation.replace("best epoch", "best stage epoch (chosen on test)").replace(
+            "last epoch", "last stage epoch")
     name = "test.py" if kind == "test.py" else "MaxNorm stage,"
     return f"{name} {evaluation}, {report.get('checkpoint_label', '?')} checkpoint".replace("  ", " ")
 
@@ -260,11 +261,15 @@ def main(argv=None) -> int:
           "under 'repeated seeds'.")
     if args.csv:
         header, flat = csv_rows(rows, columns)
-        with writing(args.csv):
-            with open(args.csv, "w", newline="") as f:
-                writer = csv.DictWriter(f, fieldnames=header, restval="")
-                writer.writeheader()
-                writer.writerows(flat)
+        try:
+            with writing(args.csv):
+                with open(args.csv, "w", newline="") as f:
+                    writer = csv.DictWriter(f, fieldnames=header, restval="")
+                    writer.writeheader()
+                    writer.writerows(flat)
+        except WriteFailed as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return exc.exit_code
         print(f"CSV written to {args.csv}")
     return 0
 
