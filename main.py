@@ -268,9 +268,7 @@ def read_resume_checkpoint(args: argparse.Namespace, world_size: int) -> Optiona
                               "stretched and the training set cannot change): leave the flag out, or start a new "
                               "run to change it",
                               canonical={"dataset": canonical_dataset})
-        root_note = adopt_data_root(args, description, f"checkpoint {args.resume!r}")
-        if root_note:
-            print(root_note)
+        adopt_data_root(args, description, f"checkpoint {args.resume!r}")
         trained_with = description.get("world_size", world_size)
         if trained_with != world_size:
             trainers = plural(trained_with, "process", "processes")

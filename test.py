@@ -116,9 +116,7 @@ def main(args: argparse.Namespace) -> Dict:
                               "test.py takes the network and the data settings from the checkpoint: leave the "
                               "flag out",
                               canonical={"dataset": canonical_dataset})
-    root_note = adopt_data_root(args, description, f"checkpoint {path!r}")
-    if root_note:
-        print(root_note)
+    adopt_data_root(args, description, f"checkpoint {path!r}")
     device = select_device(args.gpu)
     print(set_threads(args.threads))
     data = build_data(args, views=1)

@@ -135,9 +135,7 @@ def main(args: argparse.Namespace) -> Dict:
         adopt_checkpoint_args(args, description["args"], MODEL_AND_DATA_FLAGS, f"checkpoint {path!r}",
                               "The stage re-trains the classifier on the checkpoint's own training set: leave "
                               "the flag out", canonical={"dataset": canonical_dataset})
-    root_note = adopt_data_root(args, description, f"checkpoint {path!r}")
-    if root_note:
-        print(root_note)
+    adopt_data_root(args, description, f"checkpoint {path!r}")
     device = select_device(args.gpu)
     print(set_threads(args.threads))
     data = build_data(args, views=1)

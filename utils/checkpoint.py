@@ -223,6 +223,7 @@ class CorruptCheckpoint(UsageError):
 
 # numpy arrays of plain dtypes (the numpy random state): data, allowed by name
 SAFE_GLOBALS = [np.zeros(1).__reduce__()[0], np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+SAFE_NAMES = {f"{o.__module__}.{o.__qualname__}" for o in SAFE_GLOBALS}
 TRUST_HINT = ("Load it only if you trust where it came from, with --trust_checkpoint (which runs any code the "
               "file holds)")
 
@@ -235,8 +236,7 @@ def _load(path: str, trust: bool):
             return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         try:
-            unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path)
-                      if g not in {f"{o.__module__}.{o.__qualname__}" for o in SAFE_GLOBALS}]
+            unsafe = [g for g in torch.serialization.get_unsafe_globals_in_checkpoint(path) if g not in SAFE_NAMES]
         except Exception:  # not a zip checkpoint: nothing to inspect
             unsafe = []
         if unsafe:

@@ -74,9 +74,7 @@ def describe_run(args: argparse.Namespace, train_counts: List[int], class_names:
     from: 'given', 'preset' (the paper's value for the data set) or 'default'; `run_id` names the run
     (a resumed run keeps its own; a new run gets a random one)."""
     return {"run_id": run_id or uuid.uuid4().hex, "args": dict(vars(args)), "data_root": os.path.abspath(args.root),
-            "variant": variant,
-            "eval_head": eval_head[0],
-            "eval_head_reason": eval_head[1], "world_size": world_size,
+            "variant": variant, "eval_head": eval_head[0], "eval_head_reason": eval_head[1], "world_size": world_size,
             "train_counts": list(train_counts), "class_names": class_names, "train_fingerprint": train_fingerprint,
             "code_version": code_version(), "flag_sources": dict(flag_sources or {})}
 
@@ -140,18 +138,20 @@ def adopt_checkpoint_args(args: argparse.Namespace, stored_args: Dict, flags: It
                          + "; ".join(conflicts) + f". {why}")
 
 
-def adopt_data_root(args: argparse.Namespace, description: Optional[Dict], source: str) -> Optional[str]:
+def adopt_data_root(args: argparse.Namespace, description: Optional[Dict], source: str,
+                    say: Callable[[str], None] = print) -> None:
     """--root from the checkpoint when the command line leaves it out: where the run found its data (the
-    absolute path it recorded, else its --root as given). Returns the line that says so, or None."""
+    absolute path it recorded, else its --root as given); `say` tells which root is used."""
     if "root" in getattr(args, "given_flags", ()) or not description:
-        return None
+        return
     recorded = description.get("data_root") or (description.get("args") or {}).get("root")
     if not recorded or os.path.abspath(recorded) == os.path.abspath(args.root):
-        return None
+        return
     if os.path.exists(recorded):
         args.root = recorded
-        return f"data root {recorded} (recorded in {source}; --root to use another)"
-    return (f"note: the data root recorded in {source}, {recorded!r}, no longer exists; trying --root's default "
+        say(f"data root {recorded} (recorded in {source}; --root to use another)")
+    else:
+        say(f"note: the data root recorded in {source}, {recorded!r}, no longer exists; trying --root's default "
             f"{args.root!r} (give --root where the data now is)")
 
 
@@ -208,7 +208,7 @@ def read_resume_checkpoint_file(path: str, trust: bool = False) -> Dict:
         good = []
         for name in sorted(os.listdir(folder)):
             candidate = os.path.join(folder, name)
-            if (name == BEST or _copy_epoch(name) is not None) and not os.path.samefile(candidate, path):
+            if (name == BEST or copy_epoch(name) is not None) and not os.path.samefile(candidate, path):
                 epoch = _epoch_of(candidate)
                 if epoch is not None:
                     good.append((epoch, name))
@@ -317,8 +317,15 @@ def checkpoint_label(path: str) -> str:
         return "best"
     if name == LATEST:
         return "latest"
-    stem = name[:-len(".pth.tar")] if name.endswith(".pth.tar") else os.path.splitext(name)[0]
-    return f"epoch{stem[:-len('_ckpt')]}" if stem.endswith("_ckpt") and stem[:-5].isdigit() else stem
+    if copy_epoch(name) is not None:
+        return f"epoch{copy_epoch(name)}"
+    return name[:-len(".pth.tar")] if name.endswith(".pth.tar") else os.path.splitext(name)[0]
+
+
+def copy_epoch(name: str) -> Optional[int]:
+    """N of an every-20-epochs copy `<N>_ckpt.pth.tar`, else None."""
+    stem = name[:-len(LATEST)]
+    return int(stem[:-1]) if name.endswith(LATEST) and stem.endswith("_") and stem[:-1].isdigit() else None
 
 
 def resumed_folders(checkpoint_path: str, stored_run_dir: Optional[str]) -> Tuple[str, str]:
@@ -598,12 +605,6 @@ def repair_records(run_dir: str, checkpoint_path: str, checkpoint: Dict) -> List
             done.append(f"{name} written from {os.path.basename(checkpoint_path)} (epoch {epoch}): the last "
                         "process ended before copying it")
     return done
-
-
-def _copy_epoch(name: str) -> Optional[int]:
-    """N of an every-20-epochs copy `<N>_ckpt.pth.tar`, else None."""
-    stem = name[:-len(LATEST)]
-    return int(stem[:-1]) if name.endswith(LATEST) and stem.endswith("_") and stem[:-1].isdigit() else None
 
 
 def _epoch_of(path: str) -> Optional[int]:
