@@ -35,6 +35,12 @@ def test_threads_come_from_the_flag_then_the_environment_then_the_idle_cores(mon
         assert speed.choose_threads(None)[0] == threads
 
 
+def test_runs_started_together_share_the_cores(monkeypatch):
+    monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: set(range(16)))
+    for runs, threads in ((1, 16), (2, 8), (4, 4), (3, 5), (16, 1), (40, 1)):  # 16 // runs, at least one
+        assert speed.threads_each(runs) == threads
+
+
 def test_idle_cores_reads_the_ticks_of_proc_stat(monkeypatch, tmp_path):
     samples = iter(["cpu  100 0 100 800 0 0 0 0 0 0\n", "cpu  250 0 150 900 0 0 0 0 0 0\n"])
     real_open = open

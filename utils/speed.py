@@ -30,6 +30,14 @@ def idle_cores(interval: float = 0.2) -> Optional[float]:
     return (idle_after - idle_before) / max(total_after - total_before, 1) * (os.cpu_count() or 1)
 
 
+def threads_each(runs_at_once: int) -> int:
+    """Intra-op threads for each of `runs_at_once` processes started together on this machine: its cores
+    shared out (at least one each). Started at the same moment, every process would find all cores idle,
+    take them all, and the threads would then wait for each other (see `choose_threads`)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // max(runs_at_once, 1))
+
+
 def choose_threads(requested: Optional[int]) -> Tuple[int, str]:
     """(intra-op threads, why): --threads, else OMP_NUM_THREADS, else the cores that are idle now (at least
     one). bench/threads.py measured why: on idle cores every thread helps (width 8 to 64), while threads

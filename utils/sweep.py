@@ -17,6 +17,7 @@ from typing import Callable, Dict, List, Optional
 
 from utils.progress import format_duration
 from utils.runs import read_metrics
+from utils.speed import threads_each
 
 WAITING, RUNNING, DONE, FAILED, SKIPPED, STOPPED = "waiting", "running", "done", "failed", "skipped", "stopped"
 
@@ -69,9 +70,9 @@ class Sweep:
     def _env(self, slots: List[int], torchrun: bool) -> Dict[str, str]:
         env = dict(os.environ)
         devices = [self.slots[i] for i in slots]
-        if devices[0] is None:  # the CPU: share its cores among the runs at once
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // len(self.slots))))
-        else:
+        # the runs at once share the CPU's cores, on a GPU machine too (its data path and Python run there)
+        env.setdefault("OMP_NUM_THREADS", str(threads_each(len(self.slots))))
+        if devices[0] is not None:
             env["CUDA_VISIBLE_DEVICES"] = ",".join(str(d) for d in sorted(set(devices)))
         return env
 
