@@ -180,12 +180,24 @@ class Stat:
         return {f"{column} mean": mean, f"{column} std": std, f"{column} n": str(len(self.values))}
 
 
-def mean_or_empty(values: List[Optional[float]]) -> str:
-    present = [v for v in values if v is not None]
-    return f"{statistics.mean(present):.2f}" if present else "empty"
+@dataclass
+class GroupMean:
+    """A shot group's accuracy, the mean over seeds; 'empty' where the test set has no class in the group,
+    an empty cell in the CSV (so that the column loads as numbers)."""
+    values: List[Optional[float]]
+
+    def mean(self) -> Optional[float]:
+        present = [v for v in self.values if v is not None]
+        return statistics.mean(present) if present else None
+
+    def __str__(self) -> str:
+        return "empty" if self.mean() is None else f"{self.mean():.2f}"
+
+    def fields(self, column: str) -> Dict[str, str]:
+        return {column: "" if self.mean() is None else f"{self.mean():.10g}"}
 
 
-Row = Dict[str, Union[str, Stat]]
+Row = Dict[str, Union[str, Stat, GroupMean]]
 
 
 def summarise(runs: List[Dict]) -> List[Row]:
@@ -208,7 +220,7 @@ def summarise(runs: List[Dict]) -> List[Row]:
             else str(data_seed_of(members[0]["meta"])),
             BEST: Stat([max(r["top1"] for r in m["records"]) for m in members]),
             LAST: Stat([r["top1"] for r in lasts]),
-            **{f"{g} (last epoch)": mean_or_empty([r[g] for r in lasts]) for g in GROUPS},
+            **{f"{g} (last epoch)": GroupMean([r[g] for r in lasts]) for g in GROUPS},
         }
         for column in sorted({c for m in members for c in m["reports"]}):
             row[column] = Stat([m["reports"][column] for m in members if column in m["reports"]])
@@ -230,7 +242,8 @@ def markdown(rows: List[Row], columns: List[str]) -> str:
 
 
 def csv_rows(rows: List[Row], columns: List[str]) -> Tuple[List[str], List[Dict[str, str]]]:
-    """(header, rows) of the CSV: a figure over seeds becomes its mean, std and n columns, numbers only."""
+    """(header, rows) of the CSV: a figure over seeds becomes its mean, std and n columns; numbers only, an
+    empty cell where there is none."""
     stats = {c for row in rows for c, v in row.items() if isinstance(v, Stat)}
     header = [name for c in columns for name in (Stat([]).fields(c) if c in stats else [c])]
     out = []
@@ -238,7 +251,7 @@ def csv_rows(rows: List[Row], columns: List[str]) -> Tuple[List[str], List[Dict[
         flat: Dict[str, str] = {}
         for c in columns:
             value = row.get(c, Stat([]) if c in stats else "")
-            flat.update(value.fields(c) if isinstance(value, Stat) else {c: value})
+            flat.update(value.fields(c) if isinstance(value, (Stat, GroupMean)) else {c: value})
         out.append(flat)
     return header, out
 
