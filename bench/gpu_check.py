@@ -43,6 +43,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 from utils.config import Parser  # noqa: E402
+from utils.progress import plural  # noqa: E402
 from utils.speed import threads_each  # noqa: E402
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 README_CIFAR10 = ["--dataset", "cifar10", "-a", "resnet32", "--num_classes", "10", "--imbanlance_rate", "0.01",
@@ -355,7 +356,7 @@ class Check:
             if self.left() < each + 30:
                 out["runs"][k] = {"skipped": "out of time"}
                 continue
-            self.say(f"(e) {k} README run(s) at once with '{name}' for {each:.0f} s")
+            self.say(f"(e) {plural(k, 'README run')} at once with '{name}' for {each:.0f} s")
             results = self.train_together([(f"table-{k}-{i}", flags + ["--seed", str(i + 1)]) for i in range(k)],
                                           data_root, each)
             # training throughput of each run's epochs after its first (compilation, warm-up), summed; a run

@@ -93,7 +93,7 @@ def devices(gpus: Optional[str]) -> List[Optional[int]]:
         raise UsageError(f"--gpus {gpus!r} must be comma-separated GPU indices, e.g. 0,1") from None
     missing = [g for g in wanted if not 0 <= g < count]
     if missing or not wanted:
-        raise UsageError(f"--gpus {gpus}: this machine has {count} GPU(s)"
+        raise UsageError(f"--gpus {gpus}: this machine has {plural(count, 'GPU')}"
                          + (f" (indices 0 to {count - 1})" if count else "; leave --gpus out to run on the CPU"))
     return wanted
 
@@ -319,7 +319,7 @@ def main(argv=None) -> int:
             what = "done" if job.state == DONE else "to resume" if "--resume" in job.argv and job.epochs else "to run"
             print(f"{job.name}: {what}" + (f" (after {job.needs})" if job.needs else "")
                   + f"\n  python {shlex.join(job.argv)}")
-        print(f"{len(jobs)} runs, {sum(j.state == DONE for j in jobs)} done; devices: "
+        print(f"{plural(len(jobs), 'run')}, {sum(j.state == DONE for j in jobs)} done; devices: "
               + (", ".join(f"GPU {g}" for g in gpus) if gpus[0] is not None else "the CPU")
               + f", {args.per_gpu} at once on each")
         return 0
@@ -328,7 +328,7 @@ def main(argv=None) -> int:
     with open(os.path.join(out, MANIFEST), "w") as f:
         json.dump(manifest, f, indent=1)
     todo = [j for j in jobs if j.state != DONE]
-    print(f"{table.title}: {len(jobs)} runs ({len(jobs) - len(todo)} already done) in {out} on "
+    print(f"{table.title}: {plural(len(jobs), 'run')} ({len(jobs) - len(todo)} already done) in {out} on "
           + (", ".join(f"GPU {g}" for g in gpus) if gpus[0] is not None else "the CPU")
           + f", {args.per_gpu} at once on each; logs in {os.path.join(out, 'logs')}", flush=True)
     stopped = Sweep(jobs, gpus, args.per_gpu, say=lambda m: print(m, flush=True),

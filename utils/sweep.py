@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
-from utils.progress import format_duration
+from utils.progress import format_duration, plural
 from utils.runs import read_metrics
 from utils.speed import threads_each
 
@@ -136,7 +136,7 @@ class Sweep:
             while True:
                 if self.stop_signal is not None and not forwarded:
                     forwarded = True
-                    self.say(f"stopping: SIGTERM to {sum(j.state == RUNNING for j in self.jobs)} running run(s); "
+                    self.say(f"stopping: SIGTERM to {plural(sum(j.state == RUNNING for j in self.jobs), 'running run')}; "
                              "each saves its checkpoint")
                     for job in self.jobs:
                         if job.state == RUNNING:
