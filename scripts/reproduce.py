@@ -26,6 +26,7 @@ import os
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 from typing import Dict, List, Optional
 
@@ -76,6 +77,8 @@ def seed_list(args) -> List[int]:
             seeds = [int(s) for s in args.seed_list.split(",") if s.strip()]
         except ValueError:
             raise UsageError(f"--seed_list {args.seed_list!r} must be comma-separated integers") from None
+    elif args.seeds is not None and args.seeds < 1:
+        raise UsageError(f"--seeds {args.seeds} must be 1 or more")
     else:
         seeds = list(range(1, (args.seeds or 3) + 1))
     if not seeds or len(set(seeds)) != len(seeds):
@@ -186,6 +189,25 @@ def make_jobs(table: Table, rows: List[Row], seeds: List[int], args, out: str) -
                     shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
                 jobs.append(job)
     return jobs
+
+
+def check_first_run(jobs: List[Job], gpus: List[Optional[int]]) -> Optional[str]:
+    """`main.py --dry_run` of the first run still to start (flags, data, model, memory; it writes nothing),
+    so that a bad --extra or --root stops here instead of failing every run of the table; the command
+    checked, or None when every run left is a resume or a MaxNorm stage. Runs that torchrun spreads over
+    several GPUs are not checked in one process, whose memory estimate would be for the whole batch."""
+    fresh = [j for j in jobs if j.state != DONE and j.epochs and "--resume" not in j.argv
+             and not (j.torchrun and len(gpus) > 1)]
+    if not fresh:
+        return None
+    argv = [sys.executable, *fresh[0].argv, "--dry_run"]
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    done = subprocess.run(argv, capture_output=True, text=True, env=env)
+    if done.returncode != 0:
+        lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
+        raise UsageError(f"the first run ({fresh[0].name}) does not start; nothing was started. Its check, "
+                         f"python {shlex.join(argv[1:])}, said:\n  " + "\n  ".join(lines[-3:] or ["(no output)"]))
+    return "python " + shlex.join(argv[1:])
 
 
 # ---------------------------------------------------------------- the table
@@ -314,6 +336,7 @@ def main(argv=None) -> int:
     out = args.out or os.path.join("runs", "reproduce", args.table)
     manifest = check_out_folder(out, args, seeds)
     jobs = make_jobs(table, rows, seeds, args, out)
+    checked = check_first_run(jobs, gpus)
     if args.dry_run:
         for job in jobs:
             what = "done" if job.state == DONE else "to resume" if "--resume" in job.argv and job.epochs else "to run"
@@ -321,7 +344,8 @@ def main(argv=None) -> int:
                   + f"\n  python {shlex.join(job.argv)}")
         print(f"{plural(len(jobs), 'run')}, {sum(j.state == DONE for j in jobs)} done; devices: "
               + (", ".join(f"GPU {g}" for g in gpus) if gpus[0] is not None else "the CPU")
-              + f", {args.per_gpu} at once on each")
+              + f", {args.per_gpu} at once on each"
+              + (f"; the first run's setup checked with:\n  {checked}" if checked else ""))
         return 0
     os.makedirs(out, exist_ok=True)
     manifest["seeds"] = sorted(set(manifest.get("seeds", [])) | set(seeds))

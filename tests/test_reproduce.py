@@ -122,12 +122,24 @@ def test_a_failing_run_is_reported_and_the_others_finish(tiny_root, tmp_path):
     (["cifar1000-lt"], "unknown table 'cifar1000-lt'; the tables: cifar10-lt, cifar100-lt"),
     (["cifar10-lt", "--gpus", "7"], "--gpus 7: this machine has"),
     (["cifar10-lt", "--rows", "cifar10-if7"], "--rows: cifar10-if7 not in cifar10-lt"),
+    (["cifar10-lt", "--seeds", "0"], "--seeds 0 must be 1 or more"),
 ])
 def test_bad_input_stops_with_exit_2(argv, message, capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         reproduce.cli(argv + ["--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and message in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bad_extra_flag_stops_before_any_run_starts(tiny_root, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        reproduce.cli(["cifar10-lt", "--root", tiny_root, "--extra", "--epochs 2 --no_download --nope 1",
+                       "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and "Traceback" not in err
+    assert "the first run (cifar10-if100-glmc-s1) does not start; nothing was started" in err
+    assert "unrecognized arguments: --nope 1" in err
     assert not (tmp_path / "out").exists()
 
 
