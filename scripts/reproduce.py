@@ -202,6 +202,8 @@ def check_first_run(jobs: List[Job], gpus: List[Optional[int]]) -> Optional[str]
         return None
     argv = [sys.executable, *fresh[0].argv, "--dry_run"]
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if gpus[0] is not None:
+        env["CUDA_VISIBLE_DEVICES"] = str(gpus[0])  # the first device the sweep uses
     done = subprocess.run(argv, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         lines = [line for line in (done.stderr or done.stdout).strip().splitlines() if line.strip()]
