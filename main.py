@@ -249,7 +249,7 @@ def start_lines(args, data: DataBundle, n_params: int, sources: Dict[str, str], 
                + ", ".join(other_heads(args))])
 
 
-def read_resume_checkpoint(args: argparse.Namespace, world_size: int) -> Optional[Dict]:
+def read_resume_checkpoint(args: argparse.Namespace, world: World) -> Optional[Dict]:
     """The checkpoint `--resume` names, with the run's settings applied to `args` (None for a new run).
 
     Nothing is written: a bad checkpoint, a contradicting flag or another number of processes stops
@@ -268,12 +268,13 @@ def read_resume_checkpoint(args: argparse.Namespace, world_size: int) -> Optiona
                               "stretched and the training set cannot change): leave the flag out, or start a new "
                               "run to change it",
                               canonical={"dataset": canonical_dataset})
-        adopt_data_root(args, description, f"checkpoint {args.resume!r}")
-        trained_with = description.get("world_size", world_size)
-        if trained_with != world_size:
+        adopt_data_root(args, description, f"checkpoint {args.resume!r}",
+                        say=print if world.is_main else lambda message: None)
+        trained_with = description.get("world_size", world.size)
+        if trained_with != world.size:
             trainers = plural(trained_with, "process", "processes")
             raise UsageError(f"checkpoint {args.resume!r} was trained by {trainers} "
-                             f"and this resume has {world_size}: the per-process batches, data shards and BatchNorm "
+                             f"and this resume has {world.size}: the per-process batches, data shards and BatchNorm "
                              "statistics would change. Resume with the same number of processes, or start a new run")
     return checkpoint
 
@@ -353,7 +354,7 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
         raise UsageError(f"-b/--batch_size {args.batch_size} (the global batch) is not divisible by the "
                          f"{world.size} processes")
     continue_after_restart(args, world)
-    checkpoint = read_resume_checkpoint(args, world.size)
+    checkpoint = read_resume_checkpoint(args, world)
     if checkpoint:
         sources = (checkpoint_description(checkpoint) or {}).get("flag_sources", {})
     args.data_seed = data_seed(args)

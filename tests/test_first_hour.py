@@ -11,6 +11,7 @@ import test as test_script
 from scripts import maxnorm_stage
 from tests.conftest import TINY_TRAIN, cli, write_cifar
 from utils import speed
+from utils.distributed import World
 from utils.run_log import write_json
 from utils.runs import append_metrics
 
@@ -106,6 +107,22 @@ def test_evaluation_takes_the_data_root_from_the_checkpoint(tmp_path, capsys, mo
     shutil.move(data_root, str(tmp_path / "moved"))
     code, out, err = cli(test_script, ["--resume", run_dir, "--no_download"], capsys)
     assert code == 2 and data_root in out + err and "'data'" in out + err
+
+
+@pytest.mark.slow
+def test_only_rank_zero_says_which_data_root_a_resume_takes(tmp_path, capsys, monkeypatch):
+    data_root = str(tmp_path / "somewhere" / "cifar")
+    write_cifar(data_root, train_per_class=20, test_per_class=3)
+    run_dir = train(data_root, tmp_path / "runs")
+    monkeypatch.chdir(tmp_path)
+    said = {}
+    for rank in (0, 1):
+        capsys.readouterr()
+        args = train_script.get_args_parser().parse_args(["--resume", run_dir])
+        train_script.read_resume_checkpoint(args, World(rank=rank, size=1))
+        assert args.root == data_root  # every process takes the recorded root
+        said[rank] = capsys.readouterr().out
+    assert f"data root {data_root} (recorded in checkpoint" in said[0] and "data root" not in said[1]
 
 
 @pytest.mark.slow
