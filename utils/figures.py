@@ -14,7 +14,9 @@ def _pyplot():
 
 def plot_reproduction(cells: List[Dict], title: str, path: str) -> bool:
     """Left, one panel per table row: top-1 per epoch of every seed of each trained cell, the published
-    value as a dashed line of the same colour. Right: measured best top-1 minus published, mean over seeds
+    value as a dashed line of the same colour, and for a cell that trains no epochs of its own (the
+    MaxNorm stage) its mean last top-1 as a diamond at the row's last epoch. One legend for all panels
+    (a column has one colour everywhere). Right: measured best top-1 minus published, mean over seeds
     with the sample standard deviation as error bar, for every cell with a published value and a run."""
     plt = _pyplot()
     if plt is None:
@@ -23,22 +25,29 @@ def plot_reproduction(cells: List[Dict], title: str, path: str) -> bool:
     rows = list(dict.fromkeys(c["row"] for c in cells))
     columns = list(dict.fromkeys(c["column"] for c in cells))
     colours = {col: plt.get_cmap("tab10")(i) for i, col in enumerate(columns)}
-    fig = plt.figure(figsize=(13, 2.6 * len(rows) + 1.2))
+    fig = plt.figure(figsize=(13, 2.6 * len(rows) + 1.6))
     grid = fig.add_gridspec(len(rows), 2, width_ratios=[1.6, 1])
+    legend: Dict = {}
     for i, row in enumerate(rows):
         ax = fig.add_subplot(grid[i, 0])
-        for c in (c for c in cells if c["row"] == row):
+        in_row = [c for c in cells if c["row"] == row]
+        last_epoch = max((len(curve) for c in in_row for curve in c["curves"].values()), default=1)
+        for c in in_row:
             colour = colours[c["column"]]
-            for seed, curve in sorted(c["curves"].items()):
+            for curve in c["curves"].values():
                 ax.plot(range(1, len(curve) + 1), curve, color=colour, alpha=0.8, lw=1.2,
-                        label=f"{c['column']} s{seed}")
+                        label=f"{c['column']}: each seed")
+            if not c["curves"] and c.get("last_mean") is not None:
+                ax.plot([last_epoch], [c["last_mean"]], marker="D", ls="none", color=colour,
+                        label=f"{c['column']}: after the stage (mean, last stage epoch)")
             if c["published"] is not None:
-                ax.axhline(c["published"], color=colour, ls="--", lw=1, label=f"{c['column']} published")
+                ax.axhline(c["published"], color=colour, ls="--", lw=1, label=f"{c['column']}: published")
         ax.set_title(row, fontsize=10, loc="left")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, ncol=2, loc="lower right")
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            legend.setdefault(label, handle)
         if i == len(rows) - 1:
             ax.set_xlabel("epoch")
     ax = fig.add_subplot(grid[:, 1])
@@ -55,7 +64,8 @@ def plot_reproduction(cells: List[Dict], title: str, path: str) -> bool:
         ax.text(0.5, 0.5, "no published values, or no finished run", ha="center", va="center",
                 transform=ax.transAxes)
     fig.suptitle(title, fontsize=11)
-    fig.tight_layout()
+    fig.legend(list(legend.values()), list(legend.keys()), loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.9 / fig.get_figheight(), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
