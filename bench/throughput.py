@@ -125,7 +125,8 @@ def measure_one(kind: str, data_path: str, width: int, opts) -> Dict:
 
 
 def table(rows: List[Dict]) -> str:
-    lines = ["| measure | data path | width | samples/s | s/step | 200-epoch projection | peak RSS MB (largest child) | GPU MB |",
+    lines = ["| measure | data path | width | samples/s | s/step | 200-epoch projection "
+             "| peak RSS MB (largest child) | GPU MB |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         projection = f"{r['projected_200_epochs_min']:.0f} min" if "projected_200_epochs_min" in r else ""

@@ -20,8 +20,8 @@ The network and the training set come from the checkpoint's run description
 (released checkpoints: from the flags), so the classifier is re-trained on the
 very images the backbone was trained on, on every data set. The test set is
 evaluated after every epoch; the stage saves the last epoch as
-`<checkpoint>.maxnorm.pth.tar` (`.maxnorm-<recipe>.pth.tar` for another recipe) and the epoch with the best per-class-mean test
-accuracy (chosen on the test set, as the reference does) as
+`<checkpoint>.maxnorm.pth.tar` (`.maxnorm-<recipe>.pth.tar` for another recipe) and the
+epoch with the best per-class-mean test accuracy (chosen on the test set, as the reference does) as
 `<checkpoint>.maxnorm.best.pth.tar`, and writes one report for each to <run>/eval/.
 Other recipes: `--loss`, `--project`, `--inputs`, `--bn`, `--lr_step`; the
 stage used before this reference (`--loss cb_focal --project step --inputs

@@ -111,7 +111,8 @@ def test_resume_needs_no_flag_but_the_folder_and_keeps_the_schedule(tmp_path, da
                                                       "--resume", run_dir])
     train_script.main(args)
     lrs = [json.loads(line)["lr"] for line in open(os.path.join(run_dir, "metrics.jsonl"))]
-    # cosine over the run's 3 epochs from 0.05, typed out: 0.05, 0.05 * (1 + cos(pi / 3)) / 2, ... * (1 + cos(2pi/3)) / 2
+    # cosine over the run's 3 epochs from 0.05, typed out:
+    # 0.05, 0.05 * (1 + cos(pi / 3)) / 2, 0.05 * (1 + cos(2pi / 3)) / 2
     assert lrs == pytest.approx([0.05, 0.0375, 0.0125])
     assert args.width == 8 and args.imbanlance_rate == 0.1 and args.epochs == 3
 

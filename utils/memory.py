@@ -88,6 +88,7 @@ def check_fits(estimate: MemoryEstimate, device: torch.device, advice: str) -> N
     """Stop (exit 2) before anything is written when the estimate exceeds the memory of `device`."""
     available = device_memory(device)
     if estimate.total > available:
-        where = f"GPU {device.index} ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "this machine"
+        where = (f"GPU {device.index} ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
+                 else "this machine")
         raise UsageError(f"{estimate.describe()}; {where} has {available / GB:.1f} GB, so the run would stop out of "
                          f"memory. {advice}")

@@ -136,7 +136,8 @@ class Sweep:
             while True:
                 if self.stop_signal is not None and not forwarded:
                     forwarded = True
-                    self.say(f"stopping: SIGTERM to {plural(sum(j.state == RUNNING for j in self.jobs), 'running run')}; "
+                    running = sum(j.state == RUNNING for j in self.jobs)
+                    self.say(f"stopping: SIGTERM to {plural(running, 'running run')}; "
                              "each saves its checkpoint")
                     for job in self.jobs:
                         if job.state == RUNNING:
