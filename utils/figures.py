@@ -1,4 +1,5 @@
 """Figures drawn with matplotlib, an optional dependency: without it, `plot_*` returns False and draws nothing."""
+import textwrap
 from typing import Dict, List
 
 
@@ -17,7 +18,8 @@ def plot_reproduction(cells: List[Dict], title: str, path: str) -> bool:
     value as a dashed line of the same colour, and for a cell that trains no epochs of its own (the
     MaxNorm stage) its mean last top-1 as a diamond at the row's last epoch. One legend for all panels
     (a column has one colour everywhere). Right: measured best top-1 minus published, mean over seeds
-    with the sample standard deviation as error bar, for every cell with a published value and a run."""
+    with the sample standard deviation as error bar, for every cell with a published value and a run;
+    the measured best top-1 itself where no cell has both (a table nobody published)."""
     plt = _pyplot()
     if plt is None:
         return False
@@ -52,20 +54,26 @@ def plot_reproduction(cells: List[Dict], title: str, path: str) -> bool:
             ax.set_xlabel("epoch")
     ax = fig.add_subplot(grid[:, 1])
     shown = [c for c in cells if c["diff"] is not None]
+    if shown:
+        key, xlabel = "diff", "best top-1 minus published (points; ± std over seeds)"
+    else:  # a table nobody published (or no run of a published cell finished): the measured figures
+        shown = [c for c in cells if c.get("best_mean") is not None]
+        key, xlabel = "best_mean", "best top-1 (%; ± std over seeds; none published)"
     labels = [f"{c['row']}\n{c['column']} (n={c['n']})" for c in shown]
-    ax.barh(range(len(shown)), [c["diff"] for c in shown], xerr=[c["best_std"] or 0 for c in shown],
+    ax.barh(range(len(shown)), [c[key] for c in shown], xerr=[c["best_std"] or 0 for c in shown],
             color=[colours[c["column"]] for c in shown], capsize=3)
     ax.set_yticks(range(len(shown)), labels, fontsize=7)
     ax.invert_yaxis()
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_xlabel("best top-1 minus published (points; ± std over seeds)")
+    ax.set_xlabel(xlabel)
     ax.grid(axis="x", alpha=0.3)
     if not shown:
-        ax.text(0.5, 0.5, "no published values, or no finished run", ha="center", va="center",
-                transform=ax.transAxes)
-    fig.suptitle(title, fontsize=11)
+        ax.text(0.5, 0.5, "no finished run", ha="center", va="center", transform=ax.transAxes)
+    title_lines = textwrap.wrap(title, 110)
+    fig.suptitle("\n".join(title_lines), fontsize=11)
     fig.legend(list(legend.values()), list(legend.keys()), loc="lower center", ncol=3, fontsize=8, frameon=False)
-    fig.tight_layout(rect=(0, 0.9 / fig.get_figheight(), 1, 1))
+    height = fig.get_figheight()  # inches: room for the legend below and the title's lines above
+    fig.tight_layout(rect=(0, 0.9 / height, 1, 1 - (0.1 + 0.22 * len(title_lines)) / height))
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return True
