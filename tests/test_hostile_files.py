@@ -188,12 +188,22 @@ def test_a_stale_lock_in_a_folder_that_cannot_be_written(tmp_path, monkeypatch, 
     with pytest.raises(WriteFailed, match=f"cannot write {folder}: Permission denied"):
         check_writable(folder)
     lock.release()
-    assert "could not be removed (Permission denied)" in capsys.readouterr().err
+    assert capsys.readouterr().err == "" and (tmp_path / ".lock").exists()  # known to stay: nothing to say
     monkeypatch.undo()
     RunLock(folder).acquire().release()  # the file that stayed locks nothing
     assert not (tmp_path / ".lock").exists()
     with pytest.raises(WriteFailed, match="no longer exists"):
         check_writable(str(tmp_path / "deleted"))
+
+
+def test_a_lock_that_unexpectedly_cannot_be_removed_is_named(tmp_path, monkeypatch, capsys):
+    lock = RunLock(str(tmp_path)).acquire()
+    monkeypatch.setattr(runs.os, "remove", denied)
+    lock.release()
+    assert "could not be removed (Permission denied)" in capsys.readouterr().err and not lock.held
+    monkeypatch.undo()
+    RunLock(str(tmp_path)).acquire().release()  # the file that stayed locks nothing
+    assert not (tmp_path / ".lock").exists()
 
 
 def test_the_lock_race_one_process_takes_it_the_other_is_refused(tmp_path, monkeypatch):

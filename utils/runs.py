@@ -415,6 +415,7 @@ class RunLock:
     def __init__(self, folder: str) -> None:
         self.path = os.path.join(folder, LOCK)
         self.fd: Optional[int] = None
+        self.read_only = False  # opened read-only in a folder that cannot be written: it stays behind
 
     @property
     def held(self) -> bool:
@@ -450,7 +451,9 @@ class RunLock:
             return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
             try:  # a read-only folder: an existing lock file can still be locked (the write check then stops)
-                return os.open(self.path, os.O_RDONLY)
+                fd = os.open(self.path, os.O_RDONLY)
+                self.read_only = True
+                return fd
             except OSError:
                 raise WriteFailed(self.path, exc) from exc
 
@@ -480,6 +483,10 @@ class RunLock:
         """Remove the file, then drop the lock (in that order: a process that opened the file meanwhile
         finds it gone and takes a new one)."""
         if self.fd is None:
+            return
+        if self.read_only:  # cannot be removed; once closed it locks nothing, and the next run takes it over
+            os.close(self.fd)
+            self.fd = None
             return
         try:
             os.remove(self.path)
