@@ -45,6 +45,7 @@ sys.path.insert(0, REPO)
 from utils.config import Parser  # noqa: E402
 from utils.progress import plural  # noqa: E402
 from utils.speed import threads_each  # noqa: E402
+
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 README_CIFAR10 = ["--dataset", "cifar10", "-a", "resnet32", "--num_classes", "10", "--imbanlance_rate", "0.01",
                   "--beta", "0.5", "--lr", "0.01", "--epochs", "200", "-b", "64", "--momentum", "0.9",

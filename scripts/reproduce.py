@@ -32,11 +32,11 @@ from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from utils.config import Parser  # noqa: E402
 import torch  # noqa: E402
 
 from scripts.maxnorm_stage import get_args_parser as stage_parser, stage_options, variant_slug  # noqa: E402
 from scripts.results import read_run  # noqa: E402
+from utils.config import Parser  # noqa: E402
 from utils.errors import UsageError  # noqa: E402
 from utils.figures import plot_reproduction  # noqa: E402
 from glmc.paper_tables import TABLES, Cell, Row, Table  # noqa: E402
@@ -52,7 +52,7 @@ BEST_NOTE = ("top-1 best is the best test accuracy over epochs (chosen on the te
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+                    formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("table", help="one of: " + ", ".join(TABLES))
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, default=None, help="seeds 1..N (default 3)")

@@ -86,6 +86,7 @@ def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Na
 
 NOT_SHOWN = {"dry_run", "debug", "help", "resume", "start_epoch", "seeds"}
 
+
 def is_set(value) -> bool:
     """A flag value other than None (not given, no default) or False (a switch left off); 0 is set."""
     return value is not None and value is not False

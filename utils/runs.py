@@ -317,8 +317,9 @@ def checkpoint_label(path: str) -> str:
         return "best"
     if name == LATEST:
         return "latest"
-    if copy_epoch(name) is not None:
-        return f"epoch{copy_epoch(name)}"
+    epoch = copy_epoch(name)
+    if epoch is not None:
+        return f"epoch{epoch}"
     return name[:-len(".pth.tar")] if name.endswith(".pth.tar") else os.path.splitext(name)[0]
 
 
@@ -484,12 +485,9 @@ class RunLock:
         finds it gone and takes a new one)."""
         if self.fd is None:
             return
-        if self.read_only:  # cannot be removed; once closed it locks nothing, and the next run takes it over
-            os.close(self.fd)
-            self.fd = None
-            return
         try:
-            os.remove(self.path)
+            if not self.read_only:  # else it cannot go; closed, it locks nothing and the next run takes it over
+                os.remove(self.path)
         except FileNotFoundError:
             pass
         except OSError as exc:

@@ -30,12 +30,16 @@ def idle_cores(interval: float = 0.2) -> Optional[float]:
     return (idle_after - idle_before) / max(total_after - total_before, 1) * (os.cpu_count() or 1)
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity where the system has one)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def threads_each(runs_at_once: int) -> int:
     """Intra-op threads for each of `runs_at_once` processes started together on this machine: its cores
     shared out (at least one each). Started at the same moment, every process would find all cores idle,
     take them all, and the threads would then wait for each other (see `choose_threads`)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // max(runs_at_once, 1))
+    return max(1, usable_cores() // max(runs_at_once, 1))
 
 
 def choose_threads(requested: Optional[int]) -> Tuple[int, str]:
@@ -48,7 +52,7 @@ def choose_threads(requested: Optional[int]) -> Tuple[int, str]:
     env = os.environ.get("OMP_NUM_THREADS", "")
     if env.isdigit() and int(env) > 0:
         return int(env), "OMP_NUM_THREADS"
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    cores = usable_cores()
     idle = idle_cores()
     if idle is None:
         return cores, "every core"
