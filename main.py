@@ -47,11 +47,13 @@ from utils.progress import DivergenceWatch, EpochProgress, format_duration, plur
 from utils.rng import restore_rng_states, seed_everything
 from utils.run_checkpoints import RunCheckpoints
 from utils.run_log import RunLog, library_versions, write_json
-from utils.runs import (RunLock, adopt_checkpoint_args, adopt_data_root, check_can_create, check_resumable,
+from utils.run_lock import RunLock
+from utils.run_names import check_can_create, new_run_folder, run_folder_name, variant_tag
+from utils.runs import (adopt_checkpoint_args, adopt_data_root, check_resumable, check_run_folder_files,
                         check_training_set, checkpoint_description, defining_flags, describe_run,
-                        elastic_run_to_continue, forget_elastic_runs, new_run_folder, read_resume_checkpoint_file,
-                        remember_elastic_run, remove_temporaries, repair_records, resume_checkpoint_path,
-                        resumed_folders, run_folder_name, variant_tag)
+                        read_resume_checkpoint_file, repair_records, resume_checkpoint_path, resumed_folders)
+from utils.safe_files import remove_temporaries
+from utils.torchrun_restarts import elastic_run_to_continue, forget_elastic_runs, remember_elastic_run
 from utils.speed import grad_scaler, prepare_model, set_threads
 
 PRESETS_EPILOG = "\n\n".join([
@@ -284,6 +286,7 @@ def open_run_folder(args, checkpoint: Optional[Dict], world: World):
     with every rank; rank 0 holds the folder's lock and clears what an interrupted process left."""
     if checkpoint:
         run_dir, ckpt_dir = resumed_folders(args.resume, checkpoint.get("run_dir"))
+        check_run_folder_files(run_dir, ckpt_dir)
     else:
         run_dir = broadcast_object(world, new_run_folder(args.root_log, run_folder_name(args, args.dataset in
                                                                                         CIFAR_INFO))
@@ -314,6 +317,7 @@ def tidy_run_folder(run_dir: str, ckpt_dir: str, checkpoint: Optional[Dict], che
 def close_finished_run(args: argparse.Namespace, checkpoint: Dict) -> None:
     """Resuming a finished run: tidy its folder and say so."""
     run_dir, ckpt_dir = resumed_folders(args.resume, checkpoint.get("run_dir"))
+    check_run_folder_files(run_dir, ckpt_dir)
     lock = RunLock(run_dir).acquire()
     try:
         tidy_run_folder(run_dir, ckpt_dir, checkpoint, args.resume, print)

@@ -33,6 +33,7 @@ from utils.metrics import predict, summarize
 from utils.presets import mark_preset_flags, preset_network_and_crop
 from utils.report import confusion_cells, plot_per_class, table
 from utils.run_log import write_json
+from utils.safe_files import make_folder
 from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, adopt_data_root, checkpoint_description,
                         checkpoint_label, evaluation_checkpoint_path, report_folder, run_head)
 from utils.speed import set_threads
@@ -150,8 +151,12 @@ def main(args: argparse.Namespace) -> Dict:
     print(table(result))
     report_path = args.json or default_report_path(path, checkpoint, args)
     if report_path:
+        folder = os.path.dirname(os.path.abspath(report_path))
         with writing(report_path):
-            os.makedirs(os.path.dirname(os.path.abspath(report_path)), exist_ok=True)
+            if args.json:
+                os.makedirs(folder, exist_ok=True)
+            else:  # the run's eval/ folder: a folder of its own, not a link
+                make_folder(folder)
         write_json(report_path, {"kind": "test.py", "evaluation": report_kind(args), "checkpoint": path,
                                  "checkpoint_label": checkpoint_label(path), "epoch": epoch, **result,
                                  "train_counts": data.train_counts,

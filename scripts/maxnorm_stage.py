@@ -52,6 +52,7 @@ from utils.metrics import evaluate  # noqa: E402
 from utils.presets import mark_preset_flags, preset_network_and_crop  # noqa: E402
 from utils.report import table  # noqa: E402
 from utils.run_log import write_json  # noqa: E402
+from utils.safe_files import make_folder  # noqa: E402
 from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, adopt_data_root,  # noqa: E402
                         check_training_set, checkpoint_description, checkpoint_label, evaluation_checkpoint_path,
                         report_folder, run_head)
@@ -186,8 +187,8 @@ def main(args: argparse.Namespace) -> Dict:
                                        ("best", best["result"], out_best, best["epoch"])):
         name = f"maxnorm-{label}-{variant_slug(opts)}-{which}.json"
         report = os.path.join(run_dir, "eval", name) if run_dir else out[:-len(".pth.tar")] + ".json"
-        with writing(report):
-            os.makedirs(os.path.dirname(os.path.abspath(report)), exist_ok=True)
+        with writing(report):  # the run's eval/ folder must be a folder of its own, not a link
+            make_folder(os.path.dirname(os.path.abspath(report)))
         evaluation = f"{which} epoch" + ("" if opts.variant() == "reference" else f" [{opts.variant()}]")
         write_json(report, {"kind": "maxnorm stage", "evaluation": evaluation, "checkpoint_label": label,
                             "checkpoint": out, "stage_epoch": epoch, **figures, "before": before,

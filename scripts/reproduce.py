@@ -21,6 +21,7 @@ command that continues. The result goes to OUT/table.md, OUT/table.csv and OUT/t
 import argparse
 import csv
 import functools
+import io
 import json
 import os
 import shlex
@@ -41,7 +42,9 @@ from utils.errors import UsageError  # noqa: E402
 from utils.figures import plot_reproduction  # noqa: E402
 from glmc.paper_tables import TABLES, Cell, Row, Table  # noqa: E402
 from utils.progress import plural  # noqa: E402
-from utils.runs import LATEST, read_metrics  # noqa: E402
+from utils.checkpoint import LATEST  # noqa: E402
+from utils.metrics_log import read_metrics  # noqa: E402
+from utils.safe_files import write_text  # noqa: E402
 from utils.sweep import DONE, FAILED, Job, Sweep  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -318,11 +321,12 @@ CSV_FIELDS = ["row", "column", "published", "n", "best_mean", "best_std", "diff"
 
 
 def write_csv(path: str, rows: List[Dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({k: ("" if r[k] is None else r[k]) for k in CSV_FIELDS})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({k: ("" if r[k] is None else r[k]) for k in CSV_FIELDS})
+    write_text(path, text.getvalue())
 
 
 # ---------------------------------------------------------------- main
@@ -351,8 +355,7 @@ def main(argv=None) -> int:
         return 0
     os.makedirs(out, exist_ok=True)
     manifest["seeds"] = sorted(set(manifest.get("seeds", [])) | set(seeds))
-    with open(os.path.join(out, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
+    write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1))
     todo = [j for j in jobs if j.state != DONE]
     print(f"{table.title}: {plural(len(jobs), 'run')} ({len(jobs) - len(todo)} already done) in {out} on "
           + (", ".join(f"GPU {g}" for g in gpus) if gpus[0] is not None else "the CPU")
@@ -362,12 +365,10 @@ def main(argv=None) -> int:
     for job in jobs:
         if job.seconds:
             manifest["seconds"][job.name] = manifest["seconds"].get(job.name, 0.0) + job.seconds
-    with open(os.path.join(out, MANIFEST), "w") as f:
-        json.dump(manifest, f, indent=1)
+    write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1))
     result = table_rows(table, rows, seeds, out, args, jobs, manifest["seconds"])
     text = markdown(table, result, seeds, args)
-    with open(os.path.join(out, "table.md"), "w") as f:
-        f.write(text + "\n")
+    write_text(os.path.join(out, "table.md"), text + "\n")
     write_csv(os.path.join(out, "table.csv"), result)
     figure = plot_reproduction(result, titled(table, args), os.path.join(out, "table.png"))
     print("\n" + text + f"\n\nwritten: {os.path.join(out, 'table.md')}, table.csv"

@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from utils.config import Parser  # noqa: E402
 from utils.errors import WriteFailed, writing  # noqa: E402
-from utils.runs import read_metrics  # noqa: E402
+from utils.metrics_log import read_metrics  # noqa: E402
 
 # Settings that do not change what a run computes (or vary per run by design).
 NOT_CONFIG = {"seed", "seeds", "root", "root_log", "root_model", "resume", "gpu", "workers", "print_freq",

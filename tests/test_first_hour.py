@@ -13,7 +13,7 @@ from tests.conftest import TINY_TRAIN, cli, write_cifar
 from utils import speed
 from utils.distributed import World
 from utils.run_log import write_json
-from utils.runs import append_metrics
+from utils.metrics_log import append_metrics
 
 
 def train(data_root, root_log, *extra, epochs=1):

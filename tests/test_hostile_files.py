@@ -17,10 +17,13 @@ from models import build_model
 from scripts import results
 from tests.conftest import TINY_TRAIN, cli
 from utils import checkpoint as checkpoint_module
-from utils import runs
+from utils import run_lock, safe_files
 from utils.checkpoint import CorruptCheckpoint, read_checkpoint, save_checkpoint
 from utils.errors import UsageError, WriteFailed
-from utils.runs import RunLock, check_writable, read_metrics, read_resume_checkpoint_file
+from utils.metrics_log import read_metrics
+from utils.run_lock import RunLock
+from utils.runs import read_resume_checkpoint_file
+from utils.safe_files import check_writable
 
 
 HOST = socket.gethostname()
@@ -181,9 +184,9 @@ def test_a_stale_lock_in_a_folder_that_cannot_be_written(tmp_path, monkeypatch, 
     def read_only_folder(path, flags, *mode):
         return denied() if flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT) else real_open(path, flags, *mode)
 
-    monkeypatch.setattr(runs.os, "open", read_only_folder)
-    monkeypatch.setattr(runs.os, "remove", denied)
-    monkeypatch.setattr(runs, "open", denied, raising=False)
+    monkeypatch.setattr(run_lock.os, "open", read_only_folder)
+    monkeypatch.setattr(run_lock.os, "remove", denied)
+    monkeypatch.setattr(safe_files, "open", denied, raising=False)
     lock = RunLock(folder).acquire()  # the file can still be locked; the write check stops the run next
     with pytest.raises(WriteFailed, match=f"cannot write {folder}: Permission denied"):
         check_writable(folder)
@@ -198,7 +201,7 @@ def test_a_stale_lock_in_a_folder_that_cannot_be_written(tmp_path, monkeypatch, 
 
 def test_a_lock_that_unexpectedly_cannot_be_removed_is_named(tmp_path, monkeypatch, capsys):
     lock = RunLock(str(tmp_path)).acquire()
-    monkeypatch.setattr(runs.os, "remove", denied)
+    monkeypatch.setattr(run_lock.os, "remove", denied)
     lock.release()
     assert "could not be removed (Permission denied)" in capsys.readouterr().err and not lock.held
     monkeypatch.undo()
@@ -221,7 +224,7 @@ def test_the_lock_race_one_process_takes_it_the_other_is_refused(tmp_path, monke
             second.acquire()  # what happens while the first process is paused
         return real_flock(fd, operation)
 
-    monkeypatch.setattr(runs.fcntl, "flock", pause_once)
+    monkeypatch.setattr(run_lock.fcntl, "flock", pause_once)
     with pytest.raises(UsageError, match=f"in use by process {os.getpid()}"):
         RunLock(folder).acquire()
     assert second.held
@@ -241,7 +244,7 @@ def test_the_lock_race_one_process_takes_it_the_other_is_refused(tmp_path, monke
         return real_flock(fd, operation)
 
     third = RunLock(folder)
-    monkeypatch.setattr(runs.fcntl, "flock", release_during_pause)
+    monkeypatch.setattr(run_lock.fcntl, "flock", release_during_pause)
     with pytest.raises(UsageError, match="in use"):
         other.acquire()
     assert third.held and not other.held

@@ -18,7 +18,7 @@ from scripts import maxnorm_stage
 from tests.conftest import ROOT, TINY_TRAIN, cli, sigterm_when, write_cifar
 from utils import checkpoint as checkpoint_module
 from utils.checkpoint import unwrap
-from utils.runs import new_run_folder
+from utils.run_names import new_run_folder
 
 pytestmark = pytest.mark.slow  # trains networks or starts processes
 

@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from tests.conftest import ROOT, TINY_TRAIN, write_cifar
-from utils import runs
+from utils import torchrun_restarts
 from utils.distributed import World, main_rank_first
 from utils.errors import UsageError
 
@@ -54,13 +54,13 @@ def test_restart_notes_name_the_run_folder_only_once_it_has_a_checkpoint(tmp_pat
     run_dir = tmp_path / "runs" / "a"
     run_dir.mkdir(parents=True)
     (run_dir / "args.json").write_text("{}")
-    runs.remember_elastic_run(str(tmp_path / "runs"), "job", 1, str(run_dir))
-    assert runs.elastic_run_to_continue(str(tmp_path / "runs"), "job", 1) is None  # nothing to continue yet
+    torchrun_restarts.remember_elastic_run(str(tmp_path / "runs"), "job", 1, str(run_dir))
+    assert torchrun_restarts.elastic_run_to_continue(str(tmp_path / "runs"), "job", 1) is None  # nothing to continue yet
     (run_dir / "ckpt.pth.tar").write_bytes(b"")
-    assert runs.elastic_run_to_continue(str(tmp_path / "runs"), "job", 1) == str(run_dir)
-    assert runs.elastic_run_to_continue(str(tmp_path / "runs"), "job", 2) is None  # another seed
-    assert runs.elastic_run_to_continue(str(tmp_path / "runs"), "other job", 1) is None
-    runs.forget_elastic_runs(str(tmp_path / "runs"), "job", [1, 2])
+    assert torchrun_restarts.elastic_run_to_continue(str(tmp_path / "runs"), "job", 1) == str(run_dir)
+    assert torchrun_restarts.elastic_run_to_continue(str(tmp_path / "runs"), "job", 2) is None  # another seed
+    assert torchrun_restarts.elastic_run_to_continue(str(tmp_path / "runs"), "other job", 1) is None
+    torchrun_restarts.forget_elastic_runs(str(tmp_path / "runs"), "job", [1, 2])
     assert os.listdir(tmp_path / "runs") == ["a"]
 
 

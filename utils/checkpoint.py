@@ -11,7 +11,6 @@ import hashlib
 import os
 import pickle
 import shutil
-import tempfile
 import threading
 from typing import Callable, Dict, Mapping, Optional
 
@@ -19,13 +18,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from utils.errors import UsageError, writing
+from utils.errors import UsageError
+from utils.safe_files import TEMPORARY_PREFIX, check_regular, replace, write_atomically
 
 CHECKSUM = "checksum"
 
 PREFIXES = ("module.", "_orig_mod.")
 LATEST, BEST = "ckpt.pth.tar", "ckpt.best.pth.tar"
-TEMPORARY_PREFIX = ".tmp_"
 
 
 def strip_prefixes(state_dict: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
@@ -47,37 +46,6 @@ def unwrap(model: nn.Module) -> nn.Module:
     while hasattr(model, "module") or hasattr(model, "_orig_mod"):
         model = getattr(model, "module", None) or model._orig_mod
     return model
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-FILE_MODE = 0o666 & ~_umask()  # what open() gives every other file of the run
-
-
-def _atomic_write(path: str, write) -> None:
-    """`write(file)` into a temporary file of the same folder (a unique name), flush, then rename over `path`.
-
-    A failure removes the temporary file, leaves any previous `path` intact and raises WriteFailed.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    tmp = None
-    with writing(path):
-        try:
-            fd, tmp = tempfile.mkstemp(prefix=TEMPORARY_PREFIX, suffix=".pth.tar", dir=folder)
-            with os.fdopen(fd, "wb") as f:
-                write(f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.chmod(tmp, FILE_MODE)
-            os.replace(tmp, path)
-        except BaseException:
-            if tmp and os.path.exists(tmp):
-                os.remove(tmp)
-            raise
 
 
 def content_checksum(obj) -> str:
@@ -114,26 +82,27 @@ def atomic_save(obj: Dict, path: str) -> None:
     """torch.save `obj`, with the checksum of its contents, to `path` so that `path` is always a
     complete checkpoint."""
     obj = {**obj, CHECKSUM: content_checksum(obj)}
-    _atomic_write(path, lambda f: torch.save(obj, f))
+    write_atomically(path, lambda f: torch.save(obj, f))
 
 
 def atomic_copy(source: str, path: str) -> None:
     def copy(f):
         with open(source, "rb") as src:
             shutil.copyfileobj(src, f)
-    _atomic_write(path, copy)
+    write_atomically(path, copy)
 
 
 def link_or_copy(source: str, path: str) -> None:
     """`path` becomes the same file as `source`, atomically: a hard link (nothing written again; the next
     `atomic_save` of `source` replaces its name with a new file, so `path` keeps this one), or a copy
     where the file system has no hard links."""
+    check_regular(path)
     tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f"{TEMPORARY_PREFIX}link_{os.getpid()}.pth.tar")
     try:
         if os.path.lexists(tmp):
             os.remove(tmp)
         os.link(source, tmp)
-        os.replace(tmp, path)
+        replace(tmp, path)
     except OSError:
         if os.path.lexists(tmp):
             os.remove(tmp)

@@ -2,6 +2,8 @@
 import textwrap
 from typing import Dict, List
 
+from utils.safe_files import write_atomically
+
 
 def _pyplot():
     try:
@@ -74,6 +76,6 @@ def plot_reproduction(cells: List[Dict], title: str, path: str) -> bool:
     fig.legend(list(legend.values()), list(legend.keys()), loc="lower center", ncol=3, fontsize=8, frameon=False)
     height = fig.get_figheight()  # inches: room for the legend below and the title's lines above
     fig.tight_layout(rect=(0, 0.9 / height, 1, 1 - (0.1 + 0.22 * len(title_lines)) / height))
-    fig.savefig(path, dpi=110)
+    write_atomically(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
     return True

@@ -6,6 +6,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from utils.metrics import format_group, shot_groups
+from utils.safe_files import write_atomically
 
 
 def confusion_cells(top1: torch.Tensor, targets: torch.Tensor, num_classes: int) -> List[List[int]]:
@@ -140,4 +141,4 @@ def plot_per_class(per_class: Sequence, train_counts: Sequence[int], rule: str, 
     draw.line([x + 190, 55, x + 214, 55], fill=LINE, width=2)
     draw.text((x + 220, 55), f"training images (right axis, log scale); {rule} shot rule", fill=LINE, font=small,
               anchor="lm")
-    img.save(path, format="PNG")
+    write_atomically(path, lambda f: img.save(f, format="PNG"))

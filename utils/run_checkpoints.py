@@ -11,7 +11,8 @@ from utils.distributed import World, any_rank
 from utils.errors import EXIT_DIVERGED, RunStopped, WriteFailed
 from utils.progress import EpochProgress
 from utils.rng import rng_states
-from utils.runs import append_metrics, check_writable
+from utils.metrics_log import METRICS, append_metrics
+from utils.safe_files import check_writable
 
 
 class RunCheckpoints:
@@ -43,7 +44,7 @@ class RunCheckpoints:
                  "scheduler": self.scheduler.state_dict(), "scaler": self.scaler.state_dict() if self.scaler else None,
                  "rng": rng_states(self.device), "in_epoch": in_epoch.snapshot() if in_epoch else None,
                  "record": record, "run": self.description, "run_dir": self.run_dir}
-        metrics = os.path.join(self.run_dir, "metrics.jsonl")
+        metrics = os.path.join(self.run_dir, METRICS)
         self.writer.save(state, self.ckpt_dir, is_best, every=20 if in_epoch is None else 0,
                          after=(lambda: append_metrics(metrics, record)) if record else None)
         if in_epoch is not None:

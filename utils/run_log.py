@@ -5,12 +5,14 @@ import platform
 import re
 import sys
 import time
+import uuid
 from typing import Dict, Optional
 
 import numpy as np
 import torch
 
 from utils.errors import writing
+from utils.safe_files import open_append, write_text
 
 
 def run_name(parts: Dict[str, object], stamp: Optional[str] = None) -> str:
@@ -41,10 +43,8 @@ def tidy_floats(obj):
 
 
 def write_json(path: str, obj: Dict) -> None:
-    with writing(path):
-        with open(path, "w") as f:
-            json.dump(tidy_floats(obj), f, indent=2, default=str)
-            f.write("\n")
+    """`obj` as indented JSON, written atomically and never through a link (utils/safe_files.py)."""
+    write_text(path, json.dumps(tidy_floats(obj), indent=2, default=str) + "\n")
 
 
 class RunLog:
@@ -56,12 +56,13 @@ class RunLog:
         self._file = None
         if self.path:
             with writing(self.path):
-                self._file = open(self.path, "a")
+                self._file = open_append(self.path)
         self._tb = None
         if folder and tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=folder)
+            # a random end to the event file's name: no file planted in a copied folder can bear it
+            self._tb = SummaryWriter(log_dir=folder, filename_suffix=f".{uuid.uuid4().hex[:12]}")
 
     def print(self, message: str) -> None:
         if self.echo:

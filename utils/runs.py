@@ -1,4 +1,4 @@
-"""Run folders, self-describing checkpoints and the rules of resume.
+"""Self-describing runs and the rules of resume.
 
 A run is described once, when it starts: every flag, the training set it was built
 on (class counts, class names, a fingerprint of the images) and the code version.
@@ -12,29 +12,25 @@ checkpoint instead of trusting a new command line:
 - checkpoints without a description (the released ones) keep working from flags.
 
 The run folder of a resumed run is the folder that holds the checkpoint, wherever
-it now is. A lock file keeps a second process out of a run folder in use, and the
-end-of-epoch records (latest and best checkpoint, metrics line) are repaired on
-resume from the checkpoint's own record, whatever moment the last process died at.
+it now is, and its end-of-epoch records (latest and best checkpoint, metrics line)
+are repaired on resume from the checkpoint's own record, whatever moment the last
+process died at. (The folder's lock: utils/run_lock.py; its names: utils/run_names.py;
+metrics.jsonl: utils/metrics_log.py.)
 """
 import argparse
-import errno
-import fcntl
 import json
 import math
 import os
 import shlex
-import socket
 import subprocess
-import sys
 import uuid
 from typing import Callable, Dict, Iterable, List, Optional, Tuple
 
-from utils.checkpoint import BEST, LATEST, TEMPORARY_PREFIX, CorruptCheckpoint, atomic_copy, read_checkpoint
-from utils.errors import UsageError, WriteFailed, writing
-from utils.progress import plural
-from utils.run_log import run_name, tidy_floats
-
-LOCK = ".lock"
+from utils.checkpoint import BEST, LATEST, CorruptCheckpoint, atomic_copy, read_checkpoint
+from utils.errors import UsageError
+from utils.metrics_log import METRICS, repair_metrics
+from utils.run_lock import LOCK, RunLock
+from utils.safe_files import check_folder, check_regular, remove_temporaries
 
 # Flags that may change when a run is resumed: where things are and how the host runs them,
 # never what the run computes.
@@ -221,38 +217,6 @@ def read_resume_checkpoint_file(path: str, trust: bool = False) -> Dict:
                                 f"  python main.py --resume {shlex.quote(path)}") from None
 
 
-# ---------------------------------------------------------------- run folders
-
-def new_run_folder(root_log: str, name: str) -> str:
-    """Create `root_log/name`, or `name-2`, `name-3`, ... when that is taken."""
-    try:
-        os.makedirs(root_log, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"cannot create run folder under --root_log {root_log!r}: {exc.strerror}") from exc
-    for n in range(1, 1000):
-        folder = os.path.join(root_log, name if n == 1 else f"{name}-{n}")
-        try:
-            os.mkdir(folder)
-            return folder
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise UsageError(f"cannot create run folder {folder!r} under --root_log: {exc.strerror}") from exc
-    raise UsageError(f"--root_log {root_log!r} already holds 999 run folders named {name!r}")
-
-
-def check_can_create(folder: str) -> None:
-    """Stop (exit 2) unless run folders can be made in `folder`: it is a writable folder, or the nearest part
-    of its path that exists is one. Nothing is created."""
-    path = os.path.abspath(folder)
-    while not os.path.exists(path):
-        path = os.path.dirname(path)
-    if not os.path.isdir(path):
-        raise UsageError(f"--root_log {folder!r}: {path!r} is a file, so no run folder can be made there")
-    if not os.access(path, os.W_OK):
-        raise UsageError(f"--root_log {folder!r}: {path!r} is not writable")
-
-
 def read_args_json(run_dir: str) -> Optional[Dict]:
     path = os.path.join(run_dir, "args.json")
     if not os.path.isfile(path):
@@ -357,235 +321,6 @@ def report_folder(checkpoint_path: str, checkpoint: Dict) -> Optional[str]:
     return recorded if recorded and os.path.isfile(os.path.join(recorded, "args.json")) else None
 
 
-# ---------------------------------------------------------------- torchrun restarts
-
-ELASTIC_MARKERS = ".torchrun"  # under --root_log: the run folder of each seed of a running torchrun job
-
-
-def _elastic_marker(root_log: str, job: str, seed: int) -> str:
-    return os.path.join(root_log, ELASTIC_MARKERS, f"{job}-seed{seed}.json")
-
-
-def remember_elastic_run(root_log: str, job: str, seed: int, run_dir: str) -> None:
-    """Note the run folder a torchrun job started for `seed`, so that a restarted worker group finds it."""
-    path = _elastic_marker(root_log, job, seed)
-    with writing(path):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path + ".tmp", "w") as f:
-            json.dump({"run_dir": os.path.abspath(run_dir)}, f)
-        os.replace(path + ".tmp", path)
-
-
-def elastic_run_to_continue(root_log: str, job: str, seed: int) -> Optional[str]:
-    """The run folder an earlier worker group of this torchrun job started for `seed`, if it has a
-    checkpoint to continue from (a group lost in its first epoch starts a new folder)."""
-    try:
-        with open(_elastic_marker(root_log, job, seed)) as f:
-            folder = json.load(f)["run_dir"]
-        resume_checkpoint_path(folder)
-    except (OSError, ValueError, KeyError, TypeError, UsageError):
-        return None
-    return folder
-
-
-def forget_elastic_runs(root_log: str, job: str, seeds: Iterable[int]) -> None:
-    """Remove the job's notes once every seed is done; the folder goes when it is empty."""
-    for seed in seeds:
-        try:
-            os.remove(_elastic_marker(root_log, job, seed))
-        except OSError:
-            pass
-    try:
-        os.rmdir(os.path.join(root_log, ELASTIC_MARKERS))
-    except OSError:
-        pass
-
-
-# ---------------------------------------------------------------- lock and leftovers
-
-class RunLock:
-    """`<run>/.lock`: one process per run folder at a time.
-
-    Holding the lock is holding an exclusive `flock` on that file, which the kernel drops when the
-    process ends, kill -9 included: a lock file left behind locks nothing, and taking the lock is one
-    atomic step, so no process can ever remove a lock another one holds. The file names its holder
-    (pid, host) for the message a second process gets. A file naming another host is respected (a
-    network file system may not carry the lock across machines): delete it once that run has ended.
-    """
-
-    def __init__(self, folder: str) -> None:
-        self.path = os.path.join(folder, LOCK)
-        self.fd: Optional[int] = None
-        self.read_only = False  # opened read-only in a folder that cannot be written: it stays behind
-
-    @property
-    def held(self) -> bool:
-        return self.fd is not None
-
-    def acquire(self) -> "RunLock":
-        host = socket.gethostname()
-        for _ in range(3):
-            fd = self._open()
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                os.close(fd)
-                pid = (self._holder() or {}).get("pid", "unknown")
-                raise UsageError(f"run folder {os.path.dirname(self.path)!r} is in use by process {pid} "
-                                 f"(lock file {self.path}); wait for it to end or stop it first") from None
-            if not self._names(fd):  # its holder removed the file between our open and flock: take the new one
-                os.close(fd)
-                continue
-            holder = self._holder() or {}
-            if holder.get("host") not in (None, host) and holder.get("pid") is not None:
-                os.close(fd)
-                raise UsageError(f"run folder {os.path.dirname(self.path)!r} is in use by process {holder['pid']} "
-                                 f"on {holder['host']} (lock file {self.path}); if that process has ended, delete "
-                                 "the lock file")
-            self.fd = fd
-            self._write_holder(host)
-            return self
-        raise UsageError(f"could not take the lock {self.path}; another process keeps taking it")
-
-    def _open(self) -> int:
-        try:
-            return os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            try:  # a read-only folder: an existing lock file can still be locked (the write check then stops)
-                fd = os.open(self.path, os.O_RDONLY)
-                self.read_only = True
-                return fd
-            except OSError:
-                raise WriteFailed(self.path, exc) from exc
-
-    def _names(self, fd: int) -> bool:
-        """Whether the open file `fd` is still the file at the lock's path."""
-        try:
-            return os.path.samestat(os.fstat(fd), os.stat(self.path))
-        except FileNotFoundError:
-            return False
-
-    def _write_holder(self, host: str) -> None:
-        try:
-            os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, json.dumps({"pid": os.getpid(), "host": host}).encode(), 0)
-        except OSError:
-            pass  # opened read-only: the lock holds all the same
-
-    def _holder(self) -> Optional[Dict]:
-        try:
-            with open(self.path, "rb") as f:
-                holder = json.loads(f.read().decode("utf-8"))
-            return holder if isinstance(holder, dict) else None
-        except (OSError, ValueError):
-            return None
-
-    def release(self) -> None:
-        """Remove the file, then drop the lock (in that order: a process that opened the file meanwhile
-        finds it gone and takes a new one)."""
-        if self.fd is None:
-            return
-        try:
-            if not self.read_only:  # else it cannot go; closed, it locks nothing and the next run takes it over
-                os.remove(self.path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            print(f"note: the lock file {self.path} could not be removed ({exc.strerror}); it locks nothing once "
-                  "this process ends, and the next run in this folder takes it over", file=sys.stderr)
-        finally:
-            os.close(self.fd)
-            self.fd = None
-
-
-def check_writable(folder: str) -> None:
-    """Raise WriteFailed now, not after an epoch of training, when `folder` cannot take a new file (deleted,
-    moved, read-only, full). Costs one empty file created and removed."""
-    if not os.path.isdir(folder):
-        raise WriteFailed(folder, FileNotFoundError(errno.ENOENT, "the folder no longer exists (deleted or moved "
-                                                                  "while the run was going)"))
-    probe = os.path.join(folder, f"{TEMPORARY_PREFIX}probe_{os.getpid()}.pth.tar")  # cleared like a torn write
-    with writing(folder):
-        with open(probe, "w"):
-            pass
-        os.remove(probe)
-
-
-def remove_temporaries(folder: str) -> List[str]:
-    """Delete temporary checkpoint files that an interrupted write left behind; returns their names."""
-    removed = []
-    for name in sorted(os.listdir(folder)):
-        if name.startswith(TEMPORARY_PREFIX) and name.endswith(".pth.tar"):
-            try:
-                os.remove(os.path.join(folder, name))
-                removed.append(name)
-            except OSError:
-                pass
-    return removed
-
-
-# ---------------------------------------------------------------- metrics.jsonl
-
-def read_metrics(path: str, warn=None) -> List[Dict]:
-    """The records of a metrics.jsonl; a torn or foreign line, or one that is not UTF-8 text, is skipped (and
-    named through `warn`)."""
-    records = []
-    if not os.path.isfile(path):
-        return records
-    with open(path, "rb") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line.decode("utf-8"))
-            except ValueError:  # UnicodeDecodeError included
-                record = None
-            if not isinstance(record, dict) or "epoch" not in record:
-                if warn:
-                    warn(f"{path}, line {number}: not a complete metrics record; skipped")
-                continue
-            records.append(record)
-    return records
-
-
-def append_metrics(path: str, record: Dict) -> None:
-    with writing(path):
-        with open(path, "a") as f:
-            f.write(json.dumps(tidy_floats(record)) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def repair_metrics(path: str, epochs_done: int, own_record: Optional[Dict]) -> Optional[str]:
-    """Make metrics.jsonl hold exactly one record per finished epoch up to `epochs_done`.
-
-    Drops torn lines and records of epochs the checkpoint does not have, and adds the
-    checkpoint's own record of its last epoch when the process died before writing it.
-    Returns what was changed, or None.
-    """
-    skipped: List[str] = []
-    records = read_metrics(path, skipped.append)
-    kept, seen = [], set()
-    for record in records:
-        if record["epoch"] <= epochs_done and record["epoch"] not in seen:
-            kept.append(record)
-            seen.add(record["epoch"])
-    added = own_record is not None and own_record["epoch"] not in seen
-    if added:
-        kept.append(own_record)
-    if not skipped and len(kept) == len(records) and not added:
-        return None
-    tmp = path + ".tmp"
-    with writing(path):
-        with open(tmp, "w") as f:
-            f.writelines(json.dumps(tidy_floats(r)) + "\n" for r in kept)
-        os.replace(tmp, path)
-    dropped = len(records) - (len(kept) - added)
-    return (f"metrics.jsonl repaired to match the checkpoint ({plural(epochs_done, 'epoch')}): "
-            f"{plural(dropped, 'record')} of other epochs dropped, {plural(int(added), 'record')} added from the "
-            f"checkpoint, {plural(len(skipped), 'torn line')} removed")
-
-
 def repair_records(run_dir: str, checkpoint_path: str, checkpoint: Dict) -> List[str]:
     """Bring metrics.jsonl and the checkpoint copies in line with the checkpoint being resumed.
 
@@ -594,7 +329,7 @@ def repair_records(run_dir: str, checkpoint_path: str, checkpoint: Dict) -> List
     behind, and this writes them from the checkpoint's own record. Returns what it did.
     """
     done = []
-    note = repair_metrics(os.path.join(run_dir, "metrics.jsonl"), checkpoint["epoch"], checkpoint.get("record"))
+    note = repair_metrics(os.path.join(run_dir, METRICS), checkpoint["epoch"], checkpoint.get("record"))
     if note:
         done.append(note)
     if checkpoint.get("in_epoch") or "best_epoch" not in checkpoint:
@@ -619,28 +354,31 @@ def _epoch_of(path: str) -> Optional[int]:
         return None
 
 
-# ---------------------------------------------------------------- names and commands
+# ---------------------------------------------------------------- what a run folder may hold
 
-def variant_tag(args: argparse.Namespace) -> str:
-    """The method and every switch that differs from the released GLMC, e.g. 'glmc-nocons'."""
-    if args.method == "ce":
-        return "ce"
-    switches = [("no_global_mix", "noglobal"), ("no_local_mix", "nolocal"), ("no_consistency", "nocons"),
-                ("no_reweight", "noreweight"), ("balanced_softmax", "bs")]
-    parts = ["glmc"] + [tag for flag, tag in switches if getattr(args, flag)]
-    if args.fixed_alpha is not None:
-        parts.append(f"alpha{args.fixed_alpha:g}")
-    parts += [tag for flag, value, tag in [("lambda_dist", "beta", "beta"), ("local_label", "area", "area"),
-                                           ("mix_reduction", "mean", "mean")] if getattr(args, flag) == value]
-    return "-".join(parts)
+REPORTS = "eval"  # evaluation reports of a run's checkpoints (test.py, the MaxNorm stage)
 
 
-def run_folder_name(args: argparse.Namespace, long_tailed_subset: bool) -> str:
-    """`--name`, or data set, network, IF, method, seeds and split, then the start time."""
-    if getattr(args, "name", None):
-        return args.name + (f"_s{args.seed}" if getattr(args, "seeds", None) else "")
-    seeds = f"s{args.seed}" + (f"_d{args.data_seed}" if long_tailed_subset and args.data_seed != args.seed else "")
-    return run_name({"data": args.dataset, "arch": args.arch + (f"w{args.width}" if args.arch == "resnet32" else ""),
-                     "IF": f"IF{round(1 / args.imbanlance_rate):g}" if long_tailed_subset else None,
-                     "method": variant_tag(args), "seed": seeds,
-                     "split": None if args.split == "released" or not long_tailed_subset else args.split})
+def written_by_the_project(name: str) -> bool:
+    """Whether the project creates, appends to or replaces a file of this name in a run folder."""
+    return (name in (LOCK, "log.txt", METRICS, "args.json", REPORTS) or name.endswith(".pth.tar")
+            or name.startswith("events.out.tfevents"))
+
+
+def check_run_folder_files(*folders: str) -> None:
+    """Stop (exit 2, nothing written) when an entry the project would write in a run or checkpoint folder, or
+    in its eval/ folder, is a link or not a regular file: a run folder copied or downloaded from elsewhere
+    must not make a resume write into another file of the user (utils/safe_files.py)."""
+    for folder in dict.fromkeys(folders):
+        if not os.path.isdir(folder):
+            continue
+        for name in sorted(os.listdir(folder)):
+            path = os.path.join(folder, name)
+            if name == REPORTS:
+                check_folder(path)
+                if os.path.isdir(path):
+                    for report in sorted(os.listdir(path)):
+                        check_regular(os.path.join(path, report))
+            elif written_by_the_project(name):
+                check_regular(path)
+

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional
 
 from utils.progress import format_duration, plural
-from utils.runs import read_metrics
+from utils.metrics_log import read_metrics
+from utils.safe_files import make_folder, open_append
 from utils.speed import threads_each
 
 WAITING, RUNNING, DONE, FAILED, SKIPPED, STOPPED = "waiting", "running", "done", "failed", "skipped", "stopped"
@@ -81,8 +82,8 @@ class Sweep:
         argv = list(job.argv)
         if job.torchrun and len(gpus) > 1:
             argv = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={len(gpus)}"] + argv
-        os.makedirs(os.path.dirname(os.path.abspath(job.log)), exist_ok=True)
-        with open(job.log, "a") as log:
+        make_folder(os.path.dirname(os.path.abspath(job.log)))
+        with open_append(job.log) as log:
             log.write(f"$ python {' '.join(argv)}\n")
             log.flush()
             job.proc = subprocess.Popen([sys.executable, *argv], stdout=log, stderr=subprocess.STDOUT,
