@@ -40,7 +40,7 @@ from utils.distributed import (World, any_rank, broadcast_object, close_world, e
                                init_world, main_rank_first)
 from utils.errors import RunStopped, UsageError, WriteFailed
 from utils.interrupt import StopRequest
-from utils.memory import check_fits, estimate_training_memory
+from utils.memory import check_fits, estimate_training_memory, memory_verdict, step_images
 from utils.metrics import evaluate, format_group
 from utils.presets import PRESET_FLAGS, RELEASED_DEFAULTS, apply_paper_presets, mark_preset_flags, preset_table
 from utils.progress import DivergenceWatch, EpochProgress, format_duration, plural, remaining_time
@@ -51,7 +51,7 @@ from utils.run_lock import RunLock
 from utils.run_names import check_can_create, new_run_folder, run_folder_name, variant_tag
 from utils.runs import (adopt_checkpoint_args, adopt_data_root, check_resumable, check_run_folder_files,
                         check_training_set, checkpoint_description, defining_flags, describe_run,
-                        read_resume_checkpoint_file, repair_records, resume_checkpoint_path, resumed_folders)
+                        keep_numerics_flags, read_resume_checkpoint_file, repair_records, resume_checkpoint_path, resumed_folders)
 from utils.safe_files import remove_temporaries
 from utils.torchrun_restarts import elastic_run_to_continue, forget_elastic_runs, remember_elastic_run
 from utils.speed import grad_scaler, prepare_model, set_threads
@@ -89,11 +89,12 @@ def get_args_parser() -> argparse.ArgumentParser:
                         "in DataLoader workers as released. Other data sets always use the PIL path")
     g.add_argument("--amp", default="off", choices=["off", "bf16", "fp16"],
                    help="mixed precision for the forward pass (fp16 with a gradient scaler); losses stay fp32")
-    g.add_argument("--channels_last", action="store_true", help="channels_last memory format")
-    g.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
+    g.add_argument("--channels_last", action=argparse.BooleanOptionalAction, default=False,
+                   help="channels_last memory format (a resume keeps the run's setting unless given)")
+    g.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES + ("off",),
                    help="torch.compile the training step (both forward passes and the loss): 'default' when "
                         "given alone, 'reduce-overhead' to replay it as a CUDA graph, 'max-autotune'; "
-                        "off when left out")
+                        "off when left out (a resume keeps the run's setting unless given; 'off' turns it off)")
     g.add_argument("--sync_bn", action="store_true",
                    help="with torchrun: SyncBatchNorm (default: per-process statistics, as the released DataParallel)")
     g = parser.add_argument_group("run")
@@ -111,7 +112,10 @@ def get_args_parser() -> argparse.ArgumentParser:
                    help="comma-separated seeds, e.g. 1,2,3: one run per seed, in sibling run folders; the "
                         "training images follow each seed unless --data_seed fixes them")
     g.add_argument("--dry_run", action="store_true",
-                   help="build data, loaders and model, print the configuration, write args.json, then exit")
+                   help="build data, loaders and model, check the listed image files, print the configuration and "
+                        "the memory estimate with its verdict, then exit; writes nothing")
+    g.add_argument("--no_memory_check", action="store_true",
+                   help="start the run even where the memory estimate says it will not fit the device")
     g.add_argument("--no_tensorboard", action="store_true", help="do not write TensorBoard scalars")
     mark_preset_flags(parser, PRESET_FLAGS, "preset per data set, see below")
     return parser
@@ -122,6 +126,8 @@ def check_args(args: argparse.Namespace) -> None:
     check_model_args(args)
     check_run_args(args)
     check_method_args(args)
+    if args.compile == "off":
+        args.compile = None
     for flag in ("epochs", "lr"):
         if getattr(args, flag) <= 0:
             raise UsageError(f"--{flag} {getattr(args, flag)} must be positive")
@@ -246,7 +252,7 @@ def start_lines(args, data: DataBundle, n_params: int, sources: Dict[str, str], 
                                 (data_flag_applies, model_flag_applies, method_flag_applies))
             + [class_count_line(data.train_counts, data.class_names),
                f"test images: {len(data.test)}; parameters: {n_params:,}",
-               f"learning rate per epoch: {summarize_lr(lrs)} (every epoch in args.json)",
+               f"learning rate per epoch: {summarize_lr(lrs)}" + ("" if args.dry_run else " (every epoch in args.json)"),
                f"evaluated with {head} ({why}); every epoch's record also holds the top-1 of "
                + ", ".join(other_heads(args))])
 
@@ -270,6 +276,9 @@ def read_resume_checkpoint(args: argparse.Namespace, world: World) -> Optional[D
                               "stretched and the training set cannot change): leave the flag out, or start a new "
                               "run to change it",
                               canonical={"dataset": canonical_dataset})
+        for note in keep_numerics_flags(args, description["args"]):
+            if world.is_main:
+                print(note)
         adopt_data_root(args, description, f"checkpoint {args.resume!r}",
                         say=print if world.is_main else lambda message: None)
         trained_with = description.get("world_size", world.size)
@@ -368,29 +377,38 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
         return None
     seed_everything(args.seed)
     device = select_device(world.local_rank if world.enabled and torch.cuda.is_available() else args.gpu)
-    threads = set_threads(args.threads)
+    threads = set_threads(args.threads, (checkpoint_description(checkpoint) or {}).get("cpu_threads")
+                          if checkpoint else None)
+    if device.type == "cpu" and not checkpoint:
+        threads += "; the CPU's figures depend on the thread count, so a resume keeps it"
     data = main_rank_first(world, lambda: build_data(args, views=1 if args.method == "ce" else 2),
                            "reading (or downloading) the data")
     args.num_classes = data.num_classes
     description = describe_run(args, data.train_counts, data.class_names, data.fingerprint, variant_tag(args),
                                evaluation_head(args.method, args.fixed_alpha, args.epochs), world.size, sources,
-                               (checkpoint_description(checkpoint) or {}).get("run_id") if checkpoint else None)
+                               (checkpoint_description(checkpoint) or {}).get("run_id") if checkpoint else None,
+                               torch.get_num_threads())
     if checkpoint:
         check_training_set(checkpoint_description(checkpoint), data.fingerprint, args.root, args.resume)
     preflight_note = None
     if data.files:  # a broken data setup is reported in seconds, before anything is written
         start = time.time()
         preflight_note = preflight(data.files) + f" ({time.time() - start:.1f} s)"
+    images = step_images(args.batch_size, world.size, sum(data.train_counts))
     memory = estimate_training_memory(lambda: build_model(args.arch, data.num_classes, args.width), data.image_size,
-                                      args.batch_size // world.size, args.method != "ce", args.amp)
-    check_fits(memory, device, "Lower -b" + (" or --image_size" if data.files else "")
-               + (", or use --amp bf16" if args.amp == "off" else ""))
+                                      images, args.method != "ce", args.amp)
+    if not (args.dry_run or args.no_memory_check):  # a dry run informs and goes on with its other checks
+        check_fits(memory, device, "Lower -b" + (" or --image_size" if data.files else "")
+                   + (", or use --amp bf16" if args.amp == "off" else ""))
     model = build_model(args.arch, data.num_classes, args.width)
     n_params = count_parameters(model)
     if checkpoint:
         load_weights(model, checkpoint["state_dict"], args.resume)
 
-    notes = [threads, memory.describe()] + ([preflight_note] if preflight_note else [])
+    capped = (f" (-b {args.batch_size} is more than the {sum(data.train_counts)} training images, so a step holds "
+              f"{images} per process)" if images < args.batch_size // world.size else "")
+    notes = [threads, f"{memory.describe()}{capped}: {memory_verdict(memory, device)[1]}"
+             + ("; --no_memory_check" if args.no_memory_check else "")] + ([preflight_note] if preflight_note else [])
     if args.dry_run:
         return dry_run(args, world, device, data, n_params, description, notes)
     run_dir, ckpt_dir, lock = open_run_folder(args, checkpoint, world)

@@ -33,7 +33,7 @@ from utils.metrics import predict, summarize
 from utils.presets import mark_preset_flags, preset_network_and_crop
 from utils.report import confusion_cells, plot_per_class, table
 from utils.run_log import write_json
-from utils.safe_files import make_folder
+from utils.safe_files import link_note, make_folder
 from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, adopt_data_root, checkpoint_description,
                         checkpoint_label, evaluation_checkpoint_path, report_folder, run_head)
 from utils.speed import set_threads
@@ -110,6 +110,9 @@ def main(args: argparse.Namespace) -> Dict:
         if path and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
             raise UsageError(f"--{flag} {path!r}: its folder does not exist")
     path = evaluation_checkpoint_path(args.resume)
+    linked = link_note(os.path.dirname(os.path.abspath(path)), path)
+    if linked:
+        print(linked)
     checkpoint = read_checkpoint(path, args.trust_checkpoint)  # a bad checkpoint is reported before the data is read
     description = checkpoint_description(checkpoint)
     if description:

@@ -52,7 +52,7 @@ from utils.metrics import evaluate  # noqa: E402
 from utils.presets import mark_preset_flags, preset_network_and_crop  # noqa: E402
 from utils.report import table  # noqa: E402
 from utils.run_log import write_json  # noqa: E402
-from utils.safe_files import make_folder  # noqa: E402
+from utils.safe_files import link_note, make_folder  # noqa: E402
 from utils.runs import (MODEL_AND_DATA_FLAGS, adopt_checkpoint_args, adopt_data_root,  # noqa: E402
                         check_training_set, checkpoint_description, checkpoint_label, evaluation_checkpoint_path,
                         report_folder, run_head)
@@ -130,6 +130,9 @@ def main(args: argparse.Namespace) -> Dict:
     check_run_args(args)
     opts = stage_options(args)
     path = evaluation_checkpoint_path(args.resume)
+    linked = link_note(os.path.dirname(os.path.abspath(path)), path)
+    if linked:
+        print(linked)
     checkpoint = read_checkpoint(path, args.trust_checkpoint)
     description = checkpoint_description(checkpoint)
     if description:

@@ -32,11 +32,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.config import Parser  # noqa: E402
 from utils.errors import WriteFailed, writing  # noqa: E402
 from utils.metrics_log import read_metrics  # noqa: E402
+from utils.safe_files import link_note  # noqa: E402
 
 # Settings that do not change what a run computes (or vary per run by design).
 NOT_CONFIG = {"seed", "seeds", "root", "root_log", "root_model", "resume", "gpu", "workers", "print_freq",
               "dry_run", "debug", "no_download", "no_tensorboard", "start_epoch", "name", "given_flags",
-              "dir_train_txt", "dir_test_txt", "channels_last", "compile", "threads", "trust_checkpoint"}
+              "dir_train_txt", "dir_test_txt", "channels_last", "compile", "threads", "trust_checkpoint",
+              "no_memory_check"}
 BEST, LAST = "top-1 best epoch (chosen on test)", "top-1 last epoch"
 GROUPS = ("many", "medium", "few")
 FIXED_COLUMNS = ["data set", "IF", "arch", "method", "epochs", "seeds", "data seed", BEST, LAST,
@@ -85,6 +87,7 @@ def read_reports(folder: str) -> Dict[str, float]:
         if not name.endswith(".json"):
             continue
         path = os.path.join(eval_dir, name)
+        note_link_out(folder, path)
         try:
             with open(path) as f:
                 report = json.load(f)
@@ -97,15 +100,24 @@ def read_reports(folder: str) -> Dict[str, float]:
     return out
 
 
+def note_link_out(folder: str, path: str) -> None:
+    """Say so when a file read as part of run folder `folder` is a link leading out of it."""
+    note = link_note(folder, path)
+    if note:
+        print(note, file=sys.stderr)
+
+
 def read_run(folder: str) -> Optional[Dict]:
     path = os.path.join(folder, "args.json")
+    metrics = os.path.join(folder, "metrics.jsonl")
+    for read in (path, metrics):
+        note_link_out(folder, read)
     try:
         with open(path) as f:
             meta = json.load(f)
     except (OSError, ValueError):
         warn(f"{path}: not readable JSON; run folder skipped")
         return None
-    metrics = os.path.join(folder, "metrics.jsonl")
     return {"folder": folder, "meta": meta, "records": read_metrics(metrics, warn), "reports": read_reports(folder),
             "written": os.path.getmtime(metrics)}
 

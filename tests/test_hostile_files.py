@@ -4,6 +4,7 @@ import fcntl
 import json
 import os
 import shutil
+import signal
 import socket
 
 import numpy as np
@@ -249,6 +250,104 @@ def test_the_lock_race_one_process_takes_it_the_other_is_refused(tmp_path, monke
         other.acquire()
     assert third.held and not other.held
     third.release()
+
+
+# ---------------------------------------------------------------- links in a copied run folder
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory, data_root_module):
+    """A run of 2 epochs stopped after the first (SIGTERM during its evaluation): a resume trains on."""
+    root_log = tmp_path_factory.mktemp("stopped")
+    real_evaluate = train_script.evaluate
+
+    def evaluate_then_signal(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_evaluate(*a, **kw)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_script, "evaluate", evaluate_then_signal)
+        with pytest.raises(train_script.RunStopped):
+            train(data_root_module, root_log, "--name", "stopped", epochs=2)
+    return os.path.join(root_log, "stopped")
+
+
+@pytest.fixture(scope="module")
+def data_root_module(tmp_path_factory):
+    from tests.conftest import write_cifar
+    root = str(tmp_path_factory.mktemp("data"))
+    write_cifar(root, train_per_class=20, test_per_class=3)
+    return root
+
+
+def plant_link(run_copy, name, victim_dir):
+    """Replace `name` in the copied run folder by a link to a file of the user outside it (a copy of the
+    real file where the resume has to read it first, else other bytes); returns (link, victim, its bytes)."""
+    link = os.path.join(run_copy, name)
+    victim = os.path.join(victim_dir, "precious-" + name.replace("/", "_"))
+    if os.path.isfile(link) and name.endswith(".pth.tar"):
+        shutil.copy(link, victim)
+    else:
+        with open(victim, "wb") as f:
+            f.write(b"the user's own file")
+    if os.path.lexists(link):
+        os.remove(link)
+    os.makedirs(os.path.dirname(link), exist_ok=True)
+    os.symlink(victim, link)
+    return link, victim, open(victim, "rb").read()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", [".lock", "log.txt", "metrics.jsonl", "args.json", "ckpt.pth.tar",
+                                  "ckpt.best.pth.tar", "20_ckpt.pth.tar", "events.out.tfevents.1.host.1.0"])
+def test_a_link_in_a_copied_run_folder_stops_the_resume_before_anything_is_written(name, stopped_run, tmp_path,
+                                                                                  capsys):
+    run_copy = str(tmp_path / "copied")
+    shutil.copytree(stopped_run, run_copy)
+    victims = tmp_path / "elsewhere"
+    victims.mkdir()
+    link, victim, before = plant_link(run_copy, name, str(victims))
+    listing = sorted(os.listdir(run_copy))
+    code, _, err = cli(train_script, ["--resume", run_copy], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"{link} is a symbolic link to {victim!r}" in err and "nothing was written" in err
+    assert open(victim, "rb").read() == before and sorted(os.listdir(victims)) == [os.path.basename(victim)]
+    assert sorted(os.listdir(run_copy)) == listing  # no lock taken, no log line, no checkpoint
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["eval", "eval/best-fc_cb.json"])
+def test_test_py_writes_no_report_through_a_link(name, stopped_run, tmp_path, capsys):
+    run_copy = str(tmp_path / "copied")
+    shutil.copytree(stopped_run, run_copy)
+    victims = tmp_path / "elsewhere"
+    victims.mkdir()
+    if name == "eval":  # the report folder itself links to a folder of the user
+        os.symlink(str(victims), os.path.join(run_copy, "eval"))
+        link, target = os.path.join(run_copy, "eval"), str(victims)
+    else:
+        link, target, _ = plant_link(run_copy, name, str(victims))
+    before = {n: open(os.path.join(victims, n), "rb").read() for n in os.listdir(victims)}
+    code, _, err = cli(test_script, ["--resume", run_copy], capsys)
+    assert code == 2 and f"{link} is a symbolic link to {target!r}" in err
+    assert {n: open(os.path.join(victims, n), "rb").read() for n in os.listdir(victims)} == before
+
+
+@pytest.mark.slow
+def test_reading_a_run_folder_says_when_a_file_links_out_of_it(stopped_run, tmp_path, capsys):
+    run_copy = str(tmp_path / "copied")
+    shutil.copytree(stopped_run, run_copy)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    moved = str(elsewhere / "metrics.jsonl")
+    shutil.move(os.path.join(run_copy, "metrics.jsonl"), moved)
+    os.symlink(moved, os.path.join(run_copy, "metrics.jsonl"))
+    assert results.main([str(tmp_path / "copied")]) == 0
+    captured = capsys.readouterr()
+    assert f"{os.path.join(run_copy, 'metrics.jsonl')} is a symbolic link to {moved}, outside its folder" \
+        in captured.err
+    inside = os.path.join(run_copy, "log-link.txt")  # a link within the folder is no news
+    os.symlink(os.path.join(run_copy, "log.txt"), inside)
+    assert safe_files.link_note(run_copy, inside) is None
 
 
 # ---------------------------------------------------------------- text that is not UTF-8

@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import sys
@@ -61,6 +62,57 @@ def test_resume_after_epoch_one_is_bit_identical(tmp_path, data_root, monkeypatc
     assert max_abs_diff(final_weights(run_dir), reference) == 0.0
     lines = open(os.path.join(run_dir, "metrics.jsonl")).read().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
+
+
+def stop_after_epoch_one(monkeypatch, argv):
+    """Train `argv` until a SIGTERM that arrives during epoch 1's evaluation stops it; returns its folder."""
+    real_evaluate = train_script.evaluate
+
+    def evaluate_then_signal(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_evaluate(*a, **kw)
+
+    monkeypatch.setattr(train_script, "evaluate", evaluate_then_signal)
+    with pytest.raises(train_script.RunStopped):
+        train_script.main(args_for(*argv))
+    monkeypatch.setattr(train_script, "evaluate", real_evaluate)
+
+
+def test_a_resume_keeps_the_thread_count_and_kernels_the_run_was_trained_with(tmp_path, data_root, monkeypatch,
+                                                                               capsys):
+    """Stopped with one thread and resumed where OMP_NUM_THREADS says 2 (as a sweep's share on another
+    machine would): the run's own count and memory layout are used, and the result is that of the
+    uninterrupted run. Forced to 2 with --threads, or to other kernels with --no-channels_last, it says the continuation is no longer
+    bit-identical (and it is not: 1 and 2 threads round differently)."""
+    common = ["--root", data_root, "--epochs", "3", "--channels_last"]
+    try:
+        train_script.main(args_for(*common, "--threads", "1", "--root_log", str(tmp_path / "a")))
+        reference = final_weights(only_run(tmp_path / "a"))
+        stop_after_epoch_one(monkeypatch, [*common, "--threads", "1", "--root_log", str(tmp_path / "b")])
+        run_dir = only_run(tmp_path / "b")
+        forced = {flags: str(tmp_path / name) for flags, name in ((("--threads", "2"), "forced_threads"),
+                                                                  (("--no-channels_last",), "forced_layout"))}
+        for copy in forced.values():
+            shutil.copytree(run_dir, copy)
+        capsys.readouterr()
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        train_script.main(args_for("--root", data_root, "--resume", run_dir))  # no flag but the folder
+        out = capsys.readouterr().out
+        assert "CPU threads: 1 (the run's own count, recorded when it started" in out
+        assert "OMP_NUM_THREADS=2 not used" in out and "bit-identical to an uninterrupted run" not in out
+        assert max_abs_diff(final_weights(run_dir), reference) == 0.0
+
+        for flags, copy in forced.items():
+            train_script.main(args_for(*common, *flags, "--resume", copy))
+            out = capsys.readouterr().out
+            assert "will not be bit-identical to an uninterrupted run" in out, flags
+            assert max_abs_diff(final_weights(copy), reference) > 0.0, flags
+            if "--threads" in flags:
+                assert "CPU threads: 2 (--threads; the run was trained with 1 until now" in out
+            else:
+                assert "note: --no-channels_last where the run was trained with --channels_last" in out
+    finally:
+        torch.set_num_threads(1)
 
 
 def test_non_finite_loss_stops_and_keeps_last_checkpoint(tmp_path, data_root, monkeypatch):

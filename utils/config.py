@@ -77,8 +77,12 @@ def command_line(script: str, parser: argparse.ArgumentParser, args: argparse.Na
             continue
         option = next((o for o in action.option_strings if o.startswith("--")), action.option_strings[0])
         value = getattr(args, action.dest)
-        if action.nargs == 0:  # store_true and the like
+        if isinstance(action, argparse.BooleanOptionalAction):
+            tokens.append(option if value else "--no-" + option[2:])
+        elif action.nargs == 0:  # store_true and the like
             tokens.append(option)
+        elif value is None and "off" in (action.choices or ()):  # --compile off, kept as None
+            tokens += [option, "off"]
         else:
             tokens += [option, shlex.quote(str(value))]
     return " ".join(tokens + list(extra))

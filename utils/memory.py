@@ -9,14 +9,23 @@ parameters and buffers (which layers also save) are left to the last term. Then
   + the step's other input images (GLMC: the four views the mixes are made of)
   + parameters, their gradients and the SGD momentum (three fp32 copies)
 
-is the estimate. With --amp the pass runs in the half-precision type, as autocast runs the
-convolutions and matrix products. Left out: the CUDA context (about 0.5 GB, outside PyTorch's
-allocator), cuDNN workspaces and the caching allocator's slack; torch.compile usually needs less
-(fused kernels save fewer tensors). bench/memory_estimate.py sets the estimate beside a measured peak.
+is the estimate. The images per step are those a step really sees: the per-process batch, at
+most the process's share of the training set. With --amp the pass runs in the half-precision
+type, as autocast runs the convolutions and matrix products; --channels_last changes the layout
+of the same tensors, not their size, so the estimate is the same. Left out: the CUDA context
+(about 0.5 GB, outside PyTorch's allocator), cuDNN workspaces and the caching allocator's slack;
+torch.compile usually needs less (fused kernels save fewer tensors), so for it the eager estimate
+is an upper bound of the saved tensors. bench/memory_estimate.py sets the estimate beside measured
+peaks (eager, --amp bf16 --channels_last, --compile).
+
+The estimate informs: a dry run prints it with the verdict for this machine's device and the
+smallest usual GPU that holds it, and goes on; only a real run that would not fit stops, before
+anything is written, unless --no_memory_check.
 """
+import math
 import os
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -25,6 +34,9 @@ from utils.errors import UsageError
 from utils.speed import AMP_DTYPES
 
 GB = 1e9
+CUDA_CONTEXT = int(0.5 * GB)  # outside PyTorch's allocator, on every GPU process
+USUAL_GPU_GB = (8, 12, 16, 24, 32, 40, 48, 80, 96, 141, 192)  # memory of the usual data-centre and desk GPUs
+GPU_USABLE = 0.95  # of a card's nominal GiB, after the allocator's slack
 
 
 def saved_activation_bytes(build: Callable[[], nn.Module], image_size: int, dtype: torch.dtype = torch.float32,
@@ -66,6 +78,13 @@ class MemoryEstimate:
                 "tensors autograd saves in a shape-only forward pass)")
 
 
+def step_images(batch_size: int, world_size: int, train_images: Optional[int] = None) -> int:
+    """Images one process's step holds at most: its share of the global batch, and never more than its
+    share of the training set (a batch larger than the data set is as large as the data set)."""
+    share = batch_size // world_size
+    return share if train_images is None else max(1, min(share, math.ceil(train_images / world_size)))
+
+
 def estimate_training_memory(build: Callable[[], nn.Module], image_size: int, batch: int, glmc: bool,
                              amp: str = "off") -> MemoryEstimate:
     """The estimate for a per-process batch of `batch` images of `image_size` px (GLMC or the CE baseline)."""
@@ -84,11 +103,30 @@ def device_memory(device: torch.device) -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
+def smallest_gpu(estimate: MemoryEstimate) -> str:
+    """The smallest usual GPU that holds the estimate (plus the CUDA context), in words."""
+    need = estimate.total + CUDA_CONTEXT
+    size = next((g for g in USUAL_GPU_GB if need <= GPU_USABLE * g * 2 ** 30), None)
+    if size is None:
+        return f"more than a {USUAL_GPU_GB[-1]} GB GPU holds (lower -b, or run on more processes)"
+    return f"fits a GPU with {size} GB or more"
+
+
+def memory_verdict(estimate: MemoryEstimate, device: torch.device) -> Tuple[bool, str]:
+    """(whether the estimate fits `device`, the verdict in one line: this device's memory and the smallest
+    usual GPU that would hold the run), e.g. 'fits a GPU with 32 GB or more; this machine's CPU has 25.3 GB,
+    so it would not fit here'."""
+    available = device_memory(device)
+    where = (f"GPU {device.index} ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
+             else "this machine's CPU")
+    fits = estimate.total <= available
+    return fits, (f"{smallest_gpu(estimate)}; {where} has {available / GB:.1f} GB, so it "
+                  + ("fits here" if fits else "would not fit here"))
+
+
 def check_fits(estimate: MemoryEstimate, device: torch.device, advice: str) -> None:
     """Stop (exit 2) before anything is written when the estimate exceeds the memory of `device`."""
-    available = device_memory(device)
-    if estimate.total > available:
-        where = (f"GPU {device.index} ({torch.cuda.get_device_name(device)})" if device.type == "cuda"
-                 else "this machine")
-        raise UsageError(f"{estimate.describe()}; {where} has {available / GB:.1f} GB, so the run would stop out of "
-                         f"memory. {advice}")
+    fits, verdict = memory_verdict(estimate, device)
+    if not fits:
+        raise UsageError(f"{estimate.describe()}: {verdict} (the run would stop out of memory). {advice}; or, if "
+                         "you know better, --no_memory_check starts it all the same")

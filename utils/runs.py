@@ -37,7 +37,11 @@ from utils.safe_files import check_folder, check_regular, remove_temporaries
 OPERATIONAL_FLAGS = frozenset({
     "root", "dir_train_txt", "dir_test_txt", "workers", "print_freq", "gpu", "debug", "no_tensorboard",
     "no_download", "skip_bad_images", "resume", "dry_run", "root_log", "root_model", "channels_last", "compile",
-    "seeds", "name", "given_flags", "trust_checkpoint", "threads"})
+    "seeds", "name", "given_flags", "trust_checkpoint", "threads", "no_memory_check"})
+# Operational flags that change the arithmetic (other kernels, sums in another order): a resume keeps the
+# run's value unless the command line gives one, and says that a change ends bit-identity with an
+# uninterrupted run. (The CPU thread count, which no flag records, follows the same rule: utils.speed.)
+NUMERICS_FLAGS = ("channels_last", "compile")
 # What test.py and the MaxNorm stage take from a checkpoint: the model and the data it was trained on.
 # (--seed is not among them: the data seed is, and the stage's own shuffling may use another seed.)
 MODEL_AND_DATA_FLAGS = ("dataset", "arch", "width", "num_classes", "imbanlance_rate", "split", "data_seed",
@@ -64,15 +68,17 @@ def code_version() -> Optional[str]:
 
 def describe_run(args: argparse.Namespace, train_counts: List[int], class_names: Optional[List[str]],
                  train_fingerprint: str, variant: str, eval_head: Tuple[str, str], world_size: int,
-                 flag_sources: Optional[Dict[str, str]] = None, run_id: Optional[str] = None) -> Dict:
+                 flag_sources: Optional[Dict[str, str]] = None, run_id: Optional[str] = None,
+                 cpu_threads: Optional[int] = None) -> Dict:
     """Everything that defines a run: written to args.json and into every checkpoint. `eval_head` is
     (the classifier every evaluation of the run uses, why); `flag_sources` says where each value came
     from: 'given', 'preset' (the paper's value for the data set) or 'default'; `run_id` names the run
-    (a resumed run keeps its own; a new run gets a random one)."""
+    (a resumed run keeps its own; a new run gets a random one); `cpu_threads` is the intra-op thread
+    count the run computes with (a resume keeps it: utils.speed.choose_threads)."""
     return {"run_id": run_id or uuid.uuid4().hex, "args": dict(vars(args)), "data_root": os.path.abspath(args.root),
             "variant": variant, "eval_head": eval_head[0], "eval_head_reason": eval_head[1], "world_size": world_size,
             "train_counts": list(train_counts), "class_names": class_names, "train_fingerprint": train_fingerprint,
-            "code_version": code_version(), "flag_sources": dict(flag_sources or {})}
+            "code_version": code_version(), "flag_sources": dict(flag_sources or {}), "cpu_threads": cpu_threads}
 
 
 def checkpoint_description(checkpoint: Dict) -> Optional[Dict]:
@@ -132,6 +138,31 @@ def adopt_checkpoint_args(args: argparse.Namespace, stored_args: Dict, flags: It
     if conflicts:
         raise UsageError(f"{source} was made with other settings than the command line gives: "
                          + "; ".join(conflicts) + f". {why}")
+
+
+def spelled(dest: str, value) -> str:
+    """A flag and its value as typed: `--channels_last`, `--no-channels_last`, `--compile off`."""
+    if isinstance(value, bool):
+        return f"--{dest}" if value else f"--no-{dest}"
+    return f"{option_name(dest)} {'off' if value is None else value}"
+
+
+def keep_numerics_flags(args: argparse.Namespace, stored_args: Dict) -> List[str]:
+    """On resume, each of NUMERICS_FLAGS the command line leaves out takes the run's value; one it gives with
+    another value is used, with a note (returned) that the continuation is no longer bit-identical."""
+    given = set(getattr(args, "given_flags", ()))
+    notes = []
+    for dest in NUMERICS_FLAGS:
+        if dest not in stored_args:
+            continue
+        stored = stored_args[dest]
+        if dest not in given:
+            setattr(args, dest, stored)
+        elif not _same(getattr(args, dest), stored):
+            notes.append(f"note: {spelled(dest, getattr(args, dest))} where the run was trained with "
+                         f"{spelled(dest, stored)}: other kernels, so the continuation will not be bit-identical "
+                         "to an uninterrupted run")
+    return notes
 
 
 def adopt_data_root(args: argparse.Namespace, description: Optional[Dict], source: str,

@@ -42,16 +42,30 @@ def threads_each(runs_at_once: int) -> int:
     return max(1, usable_cores() // max(runs_at_once, 1))
 
 
-def choose_threads(requested: Optional[int]) -> Tuple[int, str]:
-    """(intra-op threads, why): --threads, else OMP_NUM_THREADS, else the cores that are idle now (at least
-    one). bench/threads.py measured why: on idle cores every thread helps (width 8 to 64), while threads
-    that must share a core with another busy process wait for each other and make a step many times
-    slower than one thread does."""
+def choose_threads(requested: Optional[int], recorded: Optional[int] = None) -> Tuple[int, str]:
+    """(intra-op threads, why): for a resumed run the count it was trained with (`recorded`), unless
+    --threads says otherwise; else --threads, else OMP_NUM_THREADS, else the cores that are idle now (at
+    least one). bench/threads.py measured why: on idle cores every thread helps (width 8 to 64), while
+    threads that must share a core with another busy process wait for each other and make a step many
+    times slower than one thread does.
+
+    The CPU's arithmetic depends on the count (oneDNN and the reductions split the work by thread, and
+    floating-point sums in another order round differently), so a resume keeps it: that is what makes it
+    bit-identical to the run that was not interrupted, whatever the machine's load or OMP_NUM_THREADS."""
+    env = os.environ.get("OMP_NUM_THREADS", "")
+    env_threads = int(env) if env.isdigit() and int(env) > 0 else None
+    if recorded:
+        if requested and requested != recorded:
+            return requested, (f"--threads; the run was trained with {recorded} until now, so its continuation "
+                               "will not be bit-identical to an uninterrupted run")
+        ignored = (f"; OMP_NUM_THREADS={env_threads} not used" if env_threads not in (None, recorded)
+                   and not requested else "")
+        return recorded, ("the run's own count, recorded when it started: a resume keeps it so that it continues "
+                          f"bit-identically{ignored}; --threads N to change it")
     if requested:
         return requested, "--threads"
-    env = os.environ.get("OMP_NUM_THREADS", "")
-    if env.isdigit() and int(env) > 0:
-        return int(env), "OMP_NUM_THREADS"
+    if env_threads:
+        return env_threads, "OMP_NUM_THREADS"
     cores = usable_cores()
     idle = idle_cores()
     if idle is None:
@@ -60,9 +74,9 @@ def choose_threads(requested: Optional[int]) -> Tuple[int, str]:
     return threads, f"the idle cores: {idle:.1f} of {cores} were idle at the start; --threads N to choose"
 
 
-def set_threads(requested: Optional[int]) -> str:
+def set_threads(requested: Optional[int], recorded: Optional[int] = None) -> str:
     """Set torch's intra-op threads (see `choose_threads`); returns the line that says how many and why."""
-    threads, why = choose_threads(requested)
+    threads, why = choose_threads(requested, recorded)
     torch.set_num_threads(threads)
     return f"CPU threads: {threads} ({why})"
 
