@@ -51,7 +51,8 @@ from utils.run_lock import RunLock
 from utils.run_names import check_can_create, new_run_folder, run_folder_name, variant_tag
 from utils.runs import (adopt_checkpoint_args, adopt_data_root, check_resumable, check_run_folder_files,
                         check_training_set, checkpoint_description, defining_flags, describe_run,
-                        keep_numerics_flags, read_resume_checkpoint_file, repair_records, resume_checkpoint_path, resumed_folders)
+                        keep_numerics_flags, read_resume_checkpoint_file, repair_records, resume_checkpoint_path,
+                        resumed_folders)
 from utils.safe_files import remove_temporaries
 from utils.torchrun_restarts import elastic_run_to_continue, forget_elastic_runs, remember_elastic_run
 from utils.speed import grad_scaler, prepare_model, set_threads
@@ -252,7 +253,8 @@ def start_lines(args, data: DataBundle, n_params: int, sources: Dict[str, str], 
                                 (data_flag_applies, model_flag_applies, method_flag_applies))
             + [class_count_line(data.train_counts, data.class_names),
                f"test images: {len(data.test)}; parameters: {n_params:,}",
-               f"learning rate per epoch: {summarize_lr(lrs)}" + ("" if args.dry_run else " (every epoch in args.json)"),
+               f"learning rate per epoch: {summarize_lr(lrs)}"
+               + ("" if args.dry_run else " (every epoch in args.json)"),
                f"evaluated with {head} ({why}); every epoch's record also holds the top-1 of "
                + ", ".join(other_heads(args))])
 

@@ -104,6 +104,24 @@ def sigterm_when(cmd, prefix, **popen_kw):
 
 
 
+def stop_after_epoch_one(monkeypatch, argv):
+    """Train the tiny run `argv` (after TINY_TRAIN) until a SIGTERM arriving during epoch 1's evaluation stops it
+    at the epoch boundary; returns the RunStopped. `monkeypatch` may be a `pytest.MonkeyPatch.context()`."""
+    import main as train_script
+
+    real_evaluate = train_script.evaluate
+
+    def evaluate_then_signal(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return real_evaluate(*a, **kw)
+
+    monkeypatch.setattr(train_script, "evaluate", evaluate_then_signal)
+    with pytest.raises(train_script.RunStopped) as stopped:
+        train_script.main(train_script.get_args_parser().parse_args(TINY_TRAIN + list(argv)))
+    monkeypatch.setattr(train_script, "evaluate", real_evaluate)
+    return stopped.value
+
+
 def released_layout():
     """{'arch/num_classes': {'params': count, 'state_dict': {name: shape}}} of the released code's networks."""
     with open(os.path.join(ROOT, "tests", "data", "released_checkpoint_layout.json")) as f:

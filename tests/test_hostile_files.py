@@ -4,7 +4,6 @@ import fcntl
 import json
 import os
 import shutil
-import signal
 import socket
 
 import numpy as np
@@ -16,7 +15,7 @@ import test as test_script
 import utils.run_checkpoints as run_checkpoints
 from models import build_model
 from scripts import results
-from tests.conftest import TINY_TRAIN, cli
+from tests.conftest import TINY_TRAIN, cli, stop_after_epoch_one, write_cifar
 from utils import checkpoint as checkpoint_module
 from utils import run_lock, safe_files
 from utils.checkpoint import CorruptCheckpoint, read_checkpoint, save_checkpoint
@@ -258,22 +257,14 @@ def test_the_lock_race_one_process_takes_it_the_other_is_refused(tmp_path, monke
 def stopped_run(tmp_path_factory, data_root_module):
     """A run of 2 epochs stopped after the first (SIGTERM during its evaluation): a resume trains on."""
     root_log = tmp_path_factory.mktemp("stopped")
-    real_evaluate = train_script.evaluate
-
-    def evaluate_then_signal(*a, **kw):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return real_evaluate(*a, **kw)
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_script, "evaluate", evaluate_then_signal)
-        with pytest.raises(train_script.RunStopped):
-            train(data_root_module, root_log, "--name", "stopped", epochs=2)
+        stop_after_epoch_one(patch, ["--root", data_root_module, "--epochs", "2", "--root_log", str(root_log),
+                                     "--name", "stopped"])
     return os.path.join(root_log, "stopped")
 
 
 @pytest.fixture(scope="module")
 def data_root_module(tmp_path_factory):
-    from tests.conftest import write_cifar
     root = str(tmp_path_factory.mktemp("data"))
     write_cifar(root, train_per_class=20, test_per_class=3)
     return root

@@ -14,7 +14,7 @@ import torch
 import main as train_script
 import test as test_script
 import glmc.train_step as train_step_module
-from tests.conftest import ROOT, TINY_DATA, TINY_TRAIN, sigterm_when, write_cifar
+from tests.conftest import ROOT, TINY_DATA, TINY_TRAIN, sigterm_when, stop_after_epoch_one, write_cifar
 from utils.config import run_cli
 
 pytestmark = pytest.mark.slow  # trains networks or starts processes
@@ -43,18 +43,9 @@ def only_run(folder):
 def test_resume_after_epoch_one_is_bit_identical(tmp_path, data_root, monkeypatch):
     train_script.main(args_for("--root", data_root, "--epochs", "3", "--root_log", str(tmp_path / "a")))
     reference = final_weights(only_run(tmp_path / "a"))
-
-    real_evaluate = train_script.evaluate
-
-    def evaluate_then_signal(*a, **kw):  # a SIGTERM arriving during epoch 1's evaluation
-        os.kill(os.getpid(), signal.SIGTERM)
-        return real_evaluate(*a, **kw)
-
-    monkeypatch.setattr(train_script, "evaluate", evaluate_then_signal)
-    with pytest.raises(train_script.RunStopped) as stopped:
-        train_script.main(args_for("--root", data_root, "--epochs", "3", "--root_log", str(tmp_path / "b")))
-    assert stopped.value.exit_code == 128 + signal.SIGTERM and "epoch boundary" in str(stopped.value)
-    monkeypatch.setattr(train_script, "evaluate", real_evaluate)
+    stopped = stop_after_epoch_one(monkeypatch, ["--root", data_root, "--epochs", "3", "--root_log",
+                                                 str(tmp_path / "b")])
+    assert stopped.exit_code == 128 + signal.SIGTERM and "epoch boundary" in str(stopped)
     run_dir = only_run(tmp_path / "b")
     assert torch.load(os.path.join(run_dir, "ckpt.pth.tar"), weights_only=False)["epoch"] == 1
 
@@ -64,26 +55,12 @@ def test_resume_after_epoch_one_is_bit_identical(tmp_path, data_root, monkeypatc
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2, 3]
 
 
-def stop_after_epoch_one(monkeypatch, argv):
-    """Train `argv` until a SIGTERM that arrives during epoch 1's evaluation stops it; returns its folder."""
-    real_evaluate = train_script.evaluate
-
-    def evaluate_then_signal(*a, **kw):
-        os.kill(os.getpid(), signal.SIGTERM)
-        return real_evaluate(*a, **kw)
-
-    monkeypatch.setattr(train_script, "evaluate", evaluate_then_signal)
-    with pytest.raises(train_script.RunStopped):
-        train_script.main(args_for(*argv))
-    monkeypatch.setattr(train_script, "evaluate", real_evaluate)
-
-
 def test_a_resume_keeps_the_thread_count_and_kernels_the_run_was_trained_with(tmp_path, data_root, monkeypatch,
                                                                                capsys):
     """Stopped with one thread and resumed where OMP_NUM_THREADS says 2 (as a sweep's share on another
     machine would): the run's own count and memory layout are used, and the result is that of the
-    uninterrupted run. Forced to 2 with --threads, or to other kernels with --no-channels_last, it says the continuation is no longer
-    bit-identical (and it is not: 1 and 2 threads round differently)."""
+    uninterrupted run. Forced to 2 with --threads, or to other kernels with --no-channels_last, it says
+    the continuation is no longer bit-identical (and it is not: 1 and 2 threads round differently)."""
     common = ["--root", data_root, "--epochs", "3", "--channels_last"]
     try:
         train_script.main(args_for(*common, "--threads", "1", "--root_log", str(tmp_path / "a")))

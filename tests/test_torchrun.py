@@ -55,7 +55,7 @@ def test_restart_notes_name_the_run_folder_only_once_it_has_a_checkpoint(tmp_pat
     run_dir.mkdir(parents=True)
     (run_dir / "args.json").write_text("{}")
     torchrun_restarts.remember_elastic_run(str(tmp_path / "runs"), "job", 1, str(run_dir))
-    assert torchrun_restarts.elastic_run_to_continue(str(tmp_path / "runs"), "job", 1) is None  # nothing to continue yet
+    assert torchrun_restarts.elastic_run_to_continue(str(tmp_path / "runs"), "job", 1) is None  # nothing yet
     (run_dir / "ckpt.pth.tar").write_bytes(b"")
     assert torchrun_restarts.elastic_run_to_continue(str(tmp_path / "runs"), "job", 1) == str(run_dir)
     assert torchrun_restarts.elastic_run_to_continue(str(tmp_path / "runs"), "job", 2) is None  # another seed

@@ -13,10 +13,11 @@ is the estimate. The images per step are those a step really sees: the per-proce
 most the process's share of the training set. With --amp the pass runs in the half-precision
 type, as autocast runs the convolutions and matrix products; --channels_last changes the layout
 of the same tensors, not their size, so the estimate is the same. Left out: the CUDA context
-(about 0.5 GB, outside PyTorch's allocator), cuDNN workspaces and the caching allocator's slack;
-torch.compile usually needs less (fused kernels save fewer tensors), so for it the eager estimate
-is an upper bound of the saved tensors. bench/memory_estimate.py sets the estimate beside measured
-peaks (eager, --amp bf16 --channels_last, --compile).
+(about 0.5 GB, outside PyTorch's allocator), cuDNN workspaces and the caching allocator's slack.
+--compile gets the eager estimate: fused kernels save fewer tensors, but the process also holds
+the compiler's own state, and measured on the CPU the compiled peak stays above the estimate, so
+it is a floor there too. bench/memory_estimate.py sets the estimate beside measured peaks (eager,
+--amp bf16 --channels_last, --compile).
 
 The estimate informs: a dry run prints it with the verdict for this machine's device and the
 smallest usual GPU that holds it, and goes on; only a real run that would not fit stops, before
