@@ -152,9 +152,14 @@ def run_finished(run_dir: str) -> bool:
 
 
 @functools.lru_cache(maxsize=None)
+def stage_recipe(maxnorm_extra: str):
+    """The MaxNorm stage's options for these flags, as the stage reads them."""
+    return stage_options(stage_parser().parse_args(["--resume", "x", *shlex.split(maxnorm_extra)]))
+
+
 def stage_slug(maxnorm_extra: str) -> str:
     """The recipe part of the MaxNorm stage's report names for these flags, as the stage names it."""
-    return variant_slug(stage_options(stage_parser().parse_args(["--resume", "x", *shlex.split(maxnorm_extra)])))
+    return variant_slug(stage_recipe(maxnorm_extra))
 
 
 def stage_reports(run_dir: str, maxnorm_extra: str) -> Dict[str, str]:
@@ -174,7 +179,8 @@ def make_jobs(table: Table, rows: List[Row], seeds: List[int], args, out: str) -
                     base = os.path.join(runs, f"{row.name}-{cell.flags}-s{seed}")
                     job = Job(name, [os.path.join(REPO, "scripts", "maxnorm_stage.py"), "--resume", base, "--root",
                                      args.root, *shlex.split(args.maxnorm_extra)], os.path.join(logs, name + ".log"),
-                              needs=f"{row.name}-{cell.flags}-s{seed}")
+                              stage_recipe(args.maxnorm_extra).epochs, needs=f"{row.name}-{cell.flags}-s{seed}",
+                              stage=True)
                     if all(os.path.isfile(p) for p in stage_reports(base, args.maxnorm_extra).values()):
                         job.state = DONE
                     jobs.append(job)
@@ -199,7 +205,7 @@ def check_first_run(jobs: List[Job], gpus: List[Optional[int]]) -> Optional[str]
     so that a bad --extra or --root stops here instead of failing every run of the table; the command
     checked, or None when every run left is a resume or a MaxNorm stage. Runs that torchrun spreads over
     several GPUs are not checked in one process, whose memory estimate would be for the whole batch."""
-    fresh = [j for j in jobs if j.state != DONE and j.epochs and "--resume" not in j.argv
+    fresh = [j for j in jobs if j.state != DONE and not j.stage and "--resume" not in j.argv
              and not (j.torchrun and len(gpus) > 1)]
     if not fresh:
         return None
@@ -345,7 +351,7 @@ def main(argv=None) -> int:
     checked = check_first_run(jobs, gpus)
     if args.dry_run:
         for job in jobs:
-            what = "done" if job.state == DONE else "to resume" if "--resume" in job.argv and job.epochs else "to run"
+            what = "done" if job.state == DONE else "to resume" if "--resume" in job.argv and not job.stage else "to run"
             print(f"{job.name}: {what}" + (f" (after {job.needs})" if job.needs else "")
                   + f"\n  python {shlex.join(job.argv)}")
         print(f"{plural(len(jobs), 'run')}, {sum(j.state == DONE for j in jobs)} done; devices: "

@@ -2,6 +2,9 @@
 import json
 import os
 import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import torch
@@ -9,11 +12,12 @@ import torch
 import main as train_script
 import test as test_script
 from scripts import maxnorm_stage
-from tests.conftest import TINY_TRAIN, cli, write_cifar
+from tests.conftest import ROOT, TINY_TRAIN, cli, write_cifar
 from utils import speed
 from utils.distributed import World
 from utils.run_log import write_json
 from utils.metrics_log import append_metrics
+from utils.sweep import DONE, Job, Sweep
 
 
 def train(data_root, root_log, *extra, epochs=1):
@@ -40,6 +44,37 @@ def test_runs_started_together_share_the_cores(monkeypatch):
     monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: set(range(16)))
     for runs, threads in ((1, 16), (2, 8), (4, 4), (3, 5), (16, 1), (40, 1)):  # 16 // runs, at least one
         assert speed.threads_each(runs) == threads
+
+
+def test_runs_a_sweep_starts_share_the_cores_idle_at_that_moment(monkeypatch):
+    monkeypatch.setattr(speed.os, "sched_getaffinity", lambda pid: set(range(16)))
+    # (idle cores, runs starting together) -> threads each: idle / runs, rounded, at least 1, at most the cores
+    for idle, runs, threads in ((16.0, 1, 16), (12.3, 3, 4), (16.0, 4, 4), (1.2, 1, 1), (0.0, 2, 1), (20.0, 1, 16)):
+        monkeypatch.setattr(speed, "idle_cores", lambda interval=0.2, idle=idle: idle)
+        each, why = speed.share_idle_cores(runs)
+        assert each == threads and f"{idle:.1f} of 16 cores were idle" in why
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    monkeypatch.setenv(speed.THREADS_REASON, "set by the sweep: because")
+    assert speed.choose_threads(None) == (3, "set by the sweep: because")
+
+
+@pytest.mark.slow
+def test_a_sweep_beside_busy_processes_gives_its_run_one_thread(tmp_path, data_root, monkeypatch):
+    """Every core kept busy by loops of our own: the sweep's child (a dry run, which prints its threads line)
+    is given one thread, and its first lines say why; a child given all the cores would crawl."""
+    monkeypatch.delenv("OMP_NUM_THREADS")  # nothing set by the user: the sweep decides
+    loops = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(speed.usable_cores())]
+    try:
+        time.sleep(1.0)  # the loops are running
+        job = Job("one", [os.path.join(ROOT, "main.py"), *TINY_TRAIN, "--root", data_root, "--epochs", "1",
+                          "--dry_run", "--root_log", str(tmp_path / "runs")], str(tmp_path / "one.log"))
+        Sweep([job], [None], 1, say=lambda message: None).run()
+    finally:
+        for loop in loops:
+            loop.kill()
+    log = open(job.log).read()
+    assert job.state == DONE, log
+    assert "CPU threads: 1 (set by the sweep: " in log and f"of {speed.usable_cores()} cores were idle" in log
 
 
 def test_idle_cores_reads_the_ticks_of_proc_stat(monkeypatch, tmp_path):

@@ -11,6 +11,8 @@ from torch import nn
 from utils.distributed import World
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+# Set beside OMP_NUM_THREADS by a launcher (the sweep) to say why it chose that count; the run prints it.
+THREADS_REASON = "GLMC_THREADS_REASON"
 
 
 def idle_cores(interval: float = 0.2) -> Optional[float]:
@@ -33,6 +35,18 @@ def idle_cores(interval: float = 0.2) -> Optional[float]:
 def usable_cores() -> int:
     """The cores this process may run on (its CPU affinity where the system has one)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def share_idle_cores(runs_starting: int) -> Tuple[int, str]:
+    """(intra-op threads each, why) for `runs_starting` processes a launcher starts now: the cores idle at
+    this moment (busy with other work or with runs started earlier, they are not counted), shared out, at
+    least one each; the rule of `choose_threads` for a run started alone."""
+    cores, idle = usable_cores(), idle_cores()
+    if idle is None:
+        return threads_each(runs_starting), f"{cores} cores shared by {runs_starting} runs starting together"
+    each = max(1, min(cores, int(idle / max(runs_starting, 1) + 0.5)))
+    return each, (f"set by the sweep: {idle:.1f} of {cores} cores were idle when it started this run"
+                  + (f", shared by the {runs_starting} runs it started then" if runs_starting > 1 else ""))
 
 
 def threads_each(runs_at_once: int) -> int:
@@ -65,7 +79,7 @@ def choose_threads(requested: Optional[int], recorded: Optional[int] = None) -> 
     if requested:
         return requested, "--threads"
     if env_threads:
-        return env_threads, "OMP_NUM_THREADS"
+        return env_threads, os.environ.get(THREADS_REASON) or "OMP_NUM_THREADS"
     cores = usable_cores()
     idle = idle_cores()
     if idle is None:
