@@ -62,6 +62,17 @@ class Table:
     rows: Tuple[Row, ...]
     columns: Dict[str, str]  # column -> what it is
     torchrun: bool = False  # rows that take every listed GPU through torchrun
+    network: Tuple[str, Optional[int]] = ("", None)  # (-a, --width) of the published runs
+    network_words: str = ""  # how the title names that network
+
+
+NETWORK_NAMES = {"resnet32": "ResNet-32", "resnet18": "ResNet-18", "resnet34": "ResNet-34", "resnet50": "ResNet-50",
+                 "resnext50_32x4d": "ResNeXt-50"}
+
+
+def network_label(arch: str, width: Optional[int]) -> str:
+    """'ResNet-32 width 8', 'ResNeXt-50': a network as a title names it (the width only where it applies)."""
+    return NETWORK_NAMES.get(arch, arch) + (f" width {width}" if arch == "resnet32" and width else "")
 
 
 # Published top-1 of the CIFAR tables: {(data set, IF): (GLMC, GLMC updated, updated + MaxNorm)}.
@@ -94,22 +105,25 @@ def cifar_rows(dataset: str, with_published: bool, extra: str = "", split: Optio
 
 TABLES: Dict[str, Table] = {
     "cifar10-lt": Table("cifar10-lt", "CIFAR-10-LT, ResNet-32 (width 64, as released)",
-                        tuple(cifar_rows("cifar10", True)), CIFAR_COLUMNS),
+                        tuple(cifar_rows("cifar10", True)), CIFAR_COLUMNS, network=("resnet32", 64),
+                        network_words="ResNet-32 (width 64, as released)"),
     "cifar100-lt": Table("cifar100-lt", "CIFAR-100-LT, ResNet-32 (width 64, as released)",
-                         tuple(cifar_rows("cifar100", True)), CIFAR_COLUMNS),
+                         tuple(cifar_rows("cifar100", True)), CIFAR_COLUMNS, network=("resnet32", 64),
+                         network_words="ResNet-32 (width 64, as released)"),
     "imagenet-lt": Table("imagenet-lt", "ImageNet-LT, ResNeXt-50", (
         Row("imagenet-lt-glmc", "GLMC", (Cell("glmc", IMAGENET_COMMAND,
                                               {"many": 70.1, "medium": 52.4, "few": 30.4, "top1": 56.3}),)),
         Row("imagenet-lt-bs", "GLMC + BS", (Cell("glmc", IMAGENET_COMMAND + " --balanced_softmax",
                                                  {"many": 64.76, "medium": 55.67, "few": 42.19, "top1": 57.21}),)),
-    ), {"glmc": "as in the paper"}, torchrun=True),
+    ), {"glmc": "as in the paper"}, torchrun=True, network=("resnext50_32x4d", None), network_words="ResNeXt-50"),
     "inat2018": Table("inat2018", "iNaturalist 2018, ResNeXt-50", (
         Row("inat2018-glmc", "GLMC", (Cell("glmc", INAT_COMMAND,
                                            {"many": 64.60, "medium": 73.16, "few": 73.01, "top1": 72.21}),)),
-    ), {"glmc": "as in the paper"}, torchrun=True),
+    ), {"glmc": "as in the paper"}, torchrun=True, network=("resnext50_32x4d", None), network_words="ResNeXt-50"),
     "cifar-lt-standard": Table(
         "cifar-lt-standard", "CIFAR-10/100-LT under the common protocol: ResNet-32 at width 16, the Cao et al. "
                              "2019 split (no published GLMC figures)",
         tuple(cifar_rows("cifar10", False, " --width 16", "cao") + cifar_rows("cifar100", False, " --width 16", "cao")),
-        {"standard": "GLMC, ResNet-32 width 16, --split cao"}),
+        {"standard": "GLMC, ResNet-32 width 16, --split cao"}, network=("resnet32", 16),
+        network_words="ResNet-32 at width 16"),
 }

@@ -29,7 +29,7 @@ import shutil
 import statistics
 import subprocess
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -40,7 +40,7 @@ from scripts.results import read_run  # noqa: E402
 from utils.config import Parser  # noqa: E402
 from utils.errors import UsageError  # noqa: E402
 from utils.figures import plot_reproduction  # noqa: E402
-from glmc.paper_tables import TABLES, Cell, Row, Table  # noqa: E402
+from glmc.paper_tables import TABLES, Cell, Row, Table, network_label  # noqa: E402
 from utils.progress import plural  # noqa: E402
 from utils.checkpoint import LATEST  # noqa: E402
 from utils.metrics_log import read_metrics  # noqa: E402
@@ -291,9 +291,31 @@ def table_rows(table: Table, rows: List[Row], seeds: List[int], out: str, args, 
     return result
 
 
-def titled(table: Table, args) -> str:
-    """The table's title, and the flags added to its runs, which may change what the title says."""
-    return table.title + (f" — runs with {args.extra}" if args.extra else "")
+def run_network(job: Job) -> Optional[Tuple[str, Optional[int]]]:
+    """(-a, --width) a training job's run uses: from its run folder's args.json once it exists, else from its
+    command line (the last -a and --width win, as in main.py); None for a MaxNorm stage or an unknown -a."""
+    if job.stage:
+        return None
+    try:
+        with open(os.path.join(job.run_dir, "args.json")) as f:
+            recorded = json.load(f)["args"]
+        return recorded["arch"], recorded.get("width")
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    arch = last_flag(job.argv, "-a") or last_flag(job.argv, "--arch")
+    width = last_flag(job.argv, "--width")
+    return (arch, int(width) if width else 64) if arch else None
+
+
+def titled(table: Table, args, jobs: List[Job], flags: bool = True) -> str:
+    """The table's title, naming the network its runs really used where that is not the published one, and
+    (with `flags`) the flags added to its runs."""
+    used = sorted({n for n in map(run_network, jobs) if n}, key=str)
+    title = table.title
+    if table.network_words and used and used != [table.network]:
+        runs = ", ".join(network_label(*n) for n in used)
+        title = title.replace(table.network_words, f"runs with {runs} (published: {table.network_words})")
+    return title + (f" — main.py flags added: {args.extra}" if args.extra and flags else "")
 
 
 def pm(mean: Optional[float], std: Optional[float]) -> str:
@@ -302,10 +324,10 @@ def pm(mean: Optional[float], std: Optional[float]) -> str:
     return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
 
 
-def markdown(table: Table, rows: List[Dict], seeds: List[int], args) -> str:
+def markdown(title: str, table: Table, rows: List[Dict], seeds: List[int], args) -> str:
     head = ["row", "column", "published", "top-1 best (mean ± std)", "n", "best − published", "top-1 last",
             "many", "medium", "few", "minutes per run", "not done"]
-    lines = [f"# {titled(table, args)}", "",
+    lines = [f"# {title}", "",
              f"Seeds {','.join(map(str, seeds))}" + (f"; main.py flags added: `{args.extra}`" if args.extra else "")
              + (f"; MaxNorm stage flags added: `{args.maxnorm_extra}`" if args.maxnorm_extra else "") + ".",
              BEST_NOTE + "; many/medium/few are the last epoch's (for + MaxNorm, the stage's last epoch), "
@@ -363,7 +385,7 @@ def main(argv=None) -> int:
     manifest["seeds"] = sorted(set(manifest.get("seeds", [])) | set(seeds))
     write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1))
     todo = [j for j in jobs if j.state != DONE]
-    print(f"{table.title}: {plural(len(jobs), 'run')} ({len(jobs) - len(todo)} already done) in {out} on "
+    print(f"{titled(table, args, jobs)}: {plural(len(jobs), 'run')} ({len(jobs) - len(todo)} already done) in {out} on "
           + (", ".join(f"GPU {g}" for g in gpus) if gpus[0] is not None else "the CPU")
           + f", {args.per_gpu} at once on each; logs in {os.path.join(out, 'logs')}", flush=True)
     stopped = Sweep(jobs, gpus, args.per_gpu, say=lambda m: print(m, flush=True),
@@ -373,10 +395,10 @@ def main(argv=None) -> int:
             manifest["seconds"][job.name] = manifest["seconds"].get(job.name, 0.0) + job.seconds
     write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1))
     result = table_rows(table, rows, seeds, out, args, jobs, manifest["seconds"])
-    text = markdown(table, result, seeds, args)
+    text = markdown(titled(table, args, jobs, flags=False), table, result, seeds, args)
     write_text(os.path.join(out, "table.md"), text + "\n")
     write_csv(os.path.join(out, "table.csv"), result)
-    figure = plot_reproduction(result, titled(table, args), os.path.join(out, "table.png"))
+    figure = plot_reproduction(result, titled(table, args, jobs), os.path.join(out, "table.png"))
     print("\n" + text + f"\n\nwritten: {os.path.join(out, 'table.md')}, table.csv"
           + (", table.png" if figure else f"; no figure: {figure_note()}"))
     if stopped is not None:

@@ -44,3 +44,25 @@ def test_a_table_nobody_published_shows_the_measured_figures(tmp_path, bars):
     assert plot_reproduction(cells, "standard", str(tmp_path / "t.png"))
     (values, errors), = bars
     assert values == [13.0, 15.0] and errors == [0, 1.4]
+
+
+def test_one_epoch_curves_have_markers_and_one_integer_tick(tmp_path, monkeypatch):
+    """A one-epoch run's curve is a single point: drawn with a marker, on an axis whose only tick is epoch 1."""
+    figure = pytest.importorskip("matplotlib.figure")
+    markers, ticks = [], []
+    real_plot, real_save = axes.Axes.plot, figure.Figure.savefig
+
+    def plot(ax, *args, **kwargs):
+        markers.append(kwargs.get("marker"))
+        return real_plot(ax, *args, **kwargs)
+
+    def save(fig, *args, **kwargs):
+        curves = fig.axes[0]
+        ticks.extend(t for t in curves.get_xticks() if curves.get_xlim()[0] <= t <= curves.get_xlim()[1])
+        return real_save(fig, *args, **kwargs)
+
+    monkeypatch.setattr(axes.Axes, "plot", plot)
+    monkeypatch.setattr(figure.Figure, "savefig", save)
+    cells = [cell("IF 100", "glmc", {1: [23.8], 2: [21.0]}, 87.75, 22.4, std=2.0)]
+    assert plot_reproduction(cells, "one epoch", str(tmp_path / "t.png"))
+    assert markers == ["o", "o"] and list(ticks) == [1.0]

@@ -4,6 +4,7 @@ import csv
 import glob
 import json
 import os
+import re
 import signal
 import statistics
 import subprocess
@@ -75,6 +76,12 @@ def test_table_rows_seeds_and_differences_to_the_published_values(whole):
         assert float(r["diff"]) == pytest.approx(statistics.mean(bests) - float(r["published"]))
     assert len(glob.glob(str(out / "runs" / "*"))) == 8  # 2 rows x 2 training columns x 2 seeds: nothing twice
     assert "chosen on the test set" in (out / "table.md").read_text()
+    # the runs' own network (from their folders) in the title and the banner, beside the published one
+    network = "CIFAR-10-LT, runs with ResNet-32 width 8 (published: ResNet-32 (width 64, as released))"
+    assert (out / "table.md").read_text().startswith(f"# {network}\n")
+    assert stdout.startswith(f"{network} — main.py flags added: {EXTRA}: 12 runs")
+    # progress lines name each running run's epoch, step and images per second
+    assert re.search(r"running \(cifar10-\S+ epoch \d/2 step \d+/\d+, \d+ img/s", stdout), stdout
     try:  # matplotlib is optional: without it the table is still written, and the figure's absence is said
         import matplotlib  # noqa: F401
     except ImportError:

@@ -39,7 +39,7 @@ def plot_reproduction(cells: List[Dict], title: str, path: str) -> bool:
         for c in in_row:
             colour = colours[c["column"]]
             for curve in c["curves"].values():
-                ax.plot(range(1, len(curve) + 1), curve, color=colour, alpha=0.8, lw=1.2,
+                ax.plot(range(1, len(curve) + 1), curve, color=colour, alpha=0.8, lw=1.2, marker="o", ms=3,
                         label=f"{c['column']}: each seed")
             if not c["curves"] and c.get("last_mean") is not None:
                 ax.plot([last_epoch], [c["last_mean"]], marker="D", ls="none", color=colour,
@@ -47,7 +47,8 @@ def plot_reproduction(cells: List[Dict], title: str, path: str) -> bool:
             if c["published"] is not None:
                 ax.axhline(c["published"], color=colour, ls="--", lw=1, label=f"{c['column']}: published")
         ax.set_title(row, fontsize=10, loc="left")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlim(0.5, last_epoch + 0.5)  # a one-epoch run: one tick, 1, not 0.95 ... 1.05
         ax.set_ylabel("top-1 (%)")
         ax.grid(alpha=0.3)
         for handle, label in zip(*ax.get_legend_handles_labels()):
