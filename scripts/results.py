@@ -32,6 +32,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from utils.config import Parser  # noqa: E402
 from utils.errors import WriteFailed, writing  # noqa: E402
 from utils.metrics_log import read_metrics  # noqa: E402
+from utils.runs import run_head  # noqa: E402
 from utils.safe_files import link_note  # noqa: E402
 
 # Settings that do not change what a run computes (or vary per run by design).
@@ -41,7 +42,7 @@ NOT_CONFIG = {"seed", "seeds", "root", "root_log", "root_model", "resume", "gpu"
               "no_memory_check"}
 BEST, LAST = "top-1 best epoch (chosen on test)", "top-1 last epoch"
 GROUPS = ("many", "medium", "few")
-FIXED_COLUMNS = ["data set", "IF", "arch", "method", "epochs", "seeds", "data seed", BEST, LAST,
+FIXED_COLUMNS = ["data set", "IF", "arch", "method", "split", "epochs", "seeds", "data seed", "head", BEST, LAST,
                  *(f"{g} (last epoch)" for g in GROUPS)]
 CIFAR = ("cifar10", "cifar100")
 LAST_COLUMNS = ["runs complete", "repeated seeds"]
@@ -226,10 +227,13 @@ def summarise(runs: List[Dict]) -> List[Row]:
         arch = args["arch"] + (f" (width {args['width']})" if args["arch"] == "resnet32" else "")
         row: Row = {
             "data set": data_set_name(members[0]["meta"]), "IF": imbalance_factor(members[0]["meta"]), "arch": arch,
-            "method": members[0]["meta"].get("variant", "glmc"), "epochs": str(args["epochs"]),
+            "method": members[0]["meta"].get("variant", "glmc"),
+            "split": args.get("split", "") if args.get("dataset") in CIFAR else "",
+            "epochs": str(args["epochs"]),
             "seeds": ",".join(str(m["meta"]["args"]["seed"]) for m in members),
             "data seed": "= seed" if data_seed_of(members[0]["meta"]) is None
             else str(data_seed_of(members[0]["meta"])),
+            "head": ", ".join(sorted({run_head(m["meta"])[0] for m in members})),
             BEST: Stat([max(r["top1"] for r in m["records"]) for m in members]),
             LAST: Stat([r["top1"] for r in lasts]),
             **{f"{g} (last epoch)": GroupMean([r[g] for r in lasts]) for g in GROUPS},
@@ -243,8 +247,11 @@ def summarise(runs: List[Dict]) -> List[Row]:
 
 
 def columns_of(rows: List[Row]) -> List[str]:
+    """The columns: the split only where the rows differ by split (CIFAR-LT's subset draw)."""
     extra = sorted({c for row in rows for c in row} - set(FIXED_COLUMNS) - set(LAST_COLUMNS))
-    return FIXED_COLUMNS + extra + LAST_COLUMNS
+    splits = {row["split"] for row in rows}
+    fixed = [c for c in FIXED_COLUMNS if c != "split" or len(splits) > 1]
+    return fixed + extra + LAST_COLUMNS
 
 
 def markdown(rows: List[Row], columns: List[str]) -> str:
@@ -280,7 +287,8 @@ def main(argv=None) -> int:
     rows = summarise(runs)
     columns = columns_of(rows)
     print(markdown(rows, columns))
-    print("top-1: the evaluation during training (the run's head, fc_cb for GLMC): its best epoch, chosen on the test "
+    print("top-1: the evaluation during training, with the classifier in the 'head' column (each run's own, as it "
+          "recorded it): its best epoch, chosen on the test "
           "set as the released code and the paper do, and its last epoch. Cells: mean ± standard deviation over "
           "distinct seeds (n seeds); a seed run more than once counts once (its newest run), the repeats listed "
           "under 'repeated seeds'.")

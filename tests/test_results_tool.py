@@ -162,3 +162,25 @@ def test_a_folder_without_a_finished_epoch_is_named(tmp_path, capsys):
     (tmp_path / "started" / "args.json").write_text(json.dumps({"args": BASE_ARGS}))
     table(tmp_path)
     assert f"{tmp_path / 'started'}: no finished epoch" in capsys.readouterr().err
+
+
+def test_runs_that_differ_by_split_show_it_and_each_row_names_its_evaluated_head(tmp_path, capsys):
+    """A sweep folder holds the paper's split (replacement) and the released one: two rows that would look the
+    same without a split column. The head comes from each run's record: fc_cb for GLMC, fc for a CE run and for
+    a run recorded without one (the CE baseline trains fc only)."""
+    make_run(tmp_path, "glmc", 1, [10.0], split="replacement")
+    make_run(tmp_path, "updated", 1, [12.0], split="released")
+    make_run(tmp_path, "ce", 1, [9.0], split="released", variant="ce", method="ce")
+    for name, head in (("glmc", "fc_cb"), ("updated", "fc_cb")):
+        meta = json.loads((tmp_path / name / "args.json").read_text())
+        (tmp_path / name / "args.json").write_text(json.dumps({**meta, "eval_head": head}))
+    rows = table(tmp_path)
+    assert sorted((r["method"], r["split"], r["head"]) for r in rows) == [
+        ("ce", "released", "fc"), ("glmc", "released", "fc_cb"), ("glmc", "replacement", "fc_cb")]
+    assert "'head' column" in capsys.readouterr().out
+
+
+def test_no_split_column_where_every_run_has_the_same_split(tmp_path):
+    make_run(tmp_path, "a", 1, [10.0], split="released")
+    make_run(tmp_path, "b", 2, [12.0], split="released")
+    assert "split" not in table(tmp_path)[0]
