@@ -364,6 +364,15 @@ def continue_after_restart(args: argparse.Namespace, world: World) -> None:
             print(f"torchrun restart {elastic_restarts()}: continuing {folder} from its last checkpoint")
 
 
+def memory_advice(args: argparse.Namespace, memory, image_files: bool) -> str:
+    """What to lower when the estimate does not fit: the network when its weights are most of it, else the batch."""
+    if memory.weights > memory.total / 2:
+        return (f"The weights, their gradients and momentum alone take {memory.weights / 1e9:.1f} GB: use a smaller "
+                + ("--width" if args.arch == "resnet32" else "network (-a)"))
+    return ("Lower -b" + (" or --image_size" if image_files else "")
+            + (", or use --amp bf16" if args.amp == "off" else ""))
+
+
 def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Optional[Dict]:
     if args.batch_size % world.size:
         raise UsageError(f"-b/--batch_size {args.batch_size} (the global batch) is not divisible by the "
@@ -400,8 +409,7 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
     memory = estimate_training_memory(lambda: build_model(args.arch, data.num_classes, args.width), data.image_size,
                                       images, args.method != "ce", args.amp)
     if not (args.dry_run or args.no_memory_check):  # a dry run informs and goes on with its other checks
-        check_fits(memory, device, "Lower -b" + (" or --image_size" if data.files else "")
-                   + (", or use --amp bf16" if args.amp == "off" else ""))
+        check_fits(memory, device, memory_advice(args, memory, data.files))
     model = build_model(args.arch, data.num_classes, args.width)
     n_params = count_parameters(model)
     if checkpoint:
@@ -483,7 +491,8 @@ def run(args, world: World, device: torch.device, data: DataBundle, model, n_par
         best_epoch = checkpoint.get("best_epoch", start_epoch if start_epoch else None)
         progress = EpochProgress(**checkpoint.get("in_epoch") or {})
         where = f"epoch {start_epoch + 1}, step {progress.step + 1}" if progress.step else f"epoch {start_epoch + 1}"
-        log.print(f"resumed from {args.resume}: continuing at {where} (best top-1 so far {best_acc1:.2f})")
+        so_far = f"best top-1 so far {best_acc1:.2f}" if best_epoch else "no epoch finished yet"
+        log.print(f"resumed from {args.resume}: continuing at {where} ({so_far})")
     else:
         for _ in range(start_epoch):
             scheduler.step()

@@ -38,12 +38,13 @@ import torch  # noqa: E402
 from scripts.maxnorm_stage import get_args_parser as stage_parser, stage_options, variant_slug  # noqa: E402
 from scripts.results import read_run  # noqa: E402
 from utils.config import Parser  # noqa: E402
-from utils.errors import UsageError  # noqa: E402
+from utils.errors import UsageError, tidy_message  # noqa: E402
 from utils.figures import plot_reproduction  # noqa: E402
 from glmc.paper_tables import TABLES, Cell, Row, Table, network_label  # noqa: E402
 from utils.progress import plural  # noqa: E402
 from utils.checkpoint import LATEST  # noqa: E402
 from utils.metrics_log import read_metrics  # noqa: E402
+from utils.run_log import tidy_floats  # noqa: E402
 from utils.safe_files import write_text  # noqa: E402
 from utils.sweep import DONE, FAILED, Job, Sweep  # noqa: E402
 
@@ -168,6 +169,50 @@ def stage_reports(run_dir: str, maxnorm_extra: str) -> Dict[str, str]:
     return {w: os.path.join(run_dir, "eval", f"maxnorm-best-{slug}-{w}.json") for w in ("last", "best")}
 
 
+# main.py's other spellings of a flag, so that `--extra "--batch_size 16"` replaces a row's `-b 64`
+FLAG_ALIASES = {"-a": "--arch", "-b": "--batch_size", "--wd": "--weight_decay", "--learning-rate": "--lr",
+                "-j": "--workers", "-p": "--print_freq"}
+# Flags the sweep gives every run itself, and what to use instead of giving them in --extra / --maxnorm_extra
+SWEEP_FLAGS = {"--root": "reproduce.py's --root DIR", "--seed": "--seeds N or --seed_list 1,2,3",
+               "--seeds": "--seeds N or --seed_list 1,2,3", "--root_log": "--out DIR (the runs go to DIR/runs)",
+               "--name": "--out DIR (each run is named <row>-<column>-s<seed>)",
+               "--resume": "the same reproduce.py command again (it resumes unfinished runs itself)"}
+
+
+def flag_groups(tokens: List[str]) -> List[List[str]]:
+    """Tokens grouped as [flag, its values...]: `--epochs 3 --channels_last` -> [[--epochs, 3], [--channels_last]]."""
+    groups: List[List[str]] = []
+    for token in tokens:
+        if token.startswith("-") and not token.lstrip("-").replace(".", "", 1).replace("e-", "", 1).isdigit():
+            groups.append([token])
+        elif groups:
+            groups[-1].append(token)
+        else:
+            groups.append([token])
+    return groups
+
+
+def flag_name(group: List[str]) -> str:
+    flag = group[0].split("=", 1)[0]
+    return FLAG_ALIASES.get(flag, flag)
+
+
+def with_extra(base: List[str], extra: List[str]) -> List[str]:
+    """`base` flags, less those `extra` gives again, then `extra`: each flag once in the command it makes."""
+    given = {flag_name(g) for g in flag_groups(extra)}
+    return [t for g in flag_groups(base) if flag_name(g) not in given for t in g] + extra
+
+
+def check_extra_flags(extra: str, option: str) -> None:
+    """Refuse, in --extra or --maxnorm_extra, a flag the sweep sets for every run itself (it would be
+    overridden, or would clash with the sweep's own), naming what to use instead."""
+    for group in flag_groups(shlex.split(extra)):
+        flag = group[0].split("=", 1)[0]
+        if flag in SWEEP_FLAGS:
+            raise UsageError(f"{option} gives {flag}, which the sweep sets for every run itself; use "
+                             f"{SWEEP_FLAGS[flag]} instead")
+
+
 def make_jobs(table: Table, rows: List[Row], seeds: List[int], args, out: str) -> List[Job]:
     runs, logs, jobs = os.path.join(out, "runs"), os.path.join(out, "logs"), []
     extra = shlex.split(args.extra)
@@ -186,8 +231,8 @@ def make_jobs(table: Table, rows: List[Row], seeds: List[int], args, out: str) -
                     jobs.append(job)
                     continue
                 run_dir = os.path.join(runs, name)
-                argv = [os.path.join(REPO, "main.py"), *shlex.split(cell.flags), *extra, "--seed", str(seed),
-                        "--root", args.root, "--root_log", runs, "--name", name]
+                argv = [os.path.join(REPO, "main.py"), *with_extra(shlex.split(cell.flags), extra), "--seed",
+                        str(seed), "--root", args.root, "--root_log", runs, "--name", name]
                 job = Job(name, argv, os.path.join(logs, name + ".log"), int(last_flag(argv, "--epochs") or 0),
                           run_dir, torchrun=table.torchrun)
                 if run_finished(run_dir):
@@ -331,14 +376,15 @@ def markdown(title: str, table: Table, rows: List[Dict], seeds: List[int], args)
              f"Seeds {','.join(map(str, seeds))}" + (f"; main.py flags added: `{args.extra}`" if args.extra else "")
              + (f"; MaxNorm stage flags added: `{args.maxnorm_extra}`" if args.maxnorm_extra else "") + ".",
              BEST_NOTE + "; many/medium/few are the last epoch's (for + MaxNorm, the stage's last epoch), "
-             "means over seeds; std is the sample standard deviation.", "",
+             "means over seeds ('empty': the test set has no class in that group; '—': no finished run); std is "
+             "the sample standard deviation.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         published = fmt(r["published"]) + (f" ({r['published_groups']})" if r["published_groups"] else "")
         lines.append("| " + " | ".join([
             r["row"], r["column"], published or "—", pm(r["best_mean"], r["best_std"]), str(r["n"]),
             (f"{r['diff']:+.2f}" if r["diff"] is not None else "—"), pm(r["last_mean"], r["last_std"]),
-            fmt(r["many"]) or "empty", fmt(r["medium"]) or "empty", fmt(r["few"]) or "empty",
+            *(fmt(r[g]) or ("empty" if r["n"] else "—") for g in ("many", "medium", "few")),
             fmt(r["minutes_per_run"], ".1f"), r["missing"]]) + " |")
     lines += ["", "Columns: " + "; ".join(f"{k}: {v}" for k, v in table.columns.items()) + "."]
     return "\n".join(lines)
@@ -353,7 +399,7 @@ def write_csv(path: str, rows: List[Dict]) -> None:
     writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r[k] is None else r[k]) for k in CSV_FIELDS})
+        writer.writerow({k: ("" if r[k] is None else tidy_floats(r[k])) for k in CSV_FIELDS})
     write_text(path, text.getvalue())
 
 
@@ -365,6 +411,8 @@ def main(argv=None) -> int:
         raise UsageError(f"unknown table {args.table!r}; the tables: {', '.join(TABLES)}")
     if args.per_gpu < 1:
         raise UsageError(f"--per_gpu {args.per_gpu} must be 1 or more")
+    check_extra_flags(args.extra, "--extra")
+    check_extra_flags(args.maxnorm_extra, "--maxnorm_extra")
     table, seeds = TABLES[args.table], seed_list(args)
     rows, gpus = chosen_rows(table, args.rows), devices(args.gpus)
     out = args.out or os.path.join("runs", "reproduce", args.table)
@@ -423,7 +471,7 @@ def cli(argv=None) -> None:
     try:
         code = main(argv)
     except UsageError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(tidy_message(f"error: {exc}"), file=sys.stderr)
         code = 2
     sys.exit(code)
 

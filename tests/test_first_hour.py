@@ -1,4 +1,5 @@
 """What a newcomer meets first: threads, flags, dry runs, outputs that need no second flag, tidy figures."""
+import argparse
 import json
 import os
 import shutil
@@ -177,3 +178,76 @@ def test_an_epochs_seconds_include_the_part_before_a_mid_epoch_stop(tmp_path, da
     assert code == 0, err
     records = [json.loads(line) for line in open(os.path.join(run_dir, "metrics.jsonl"))]
     assert [r["epoch"] for r in records] == [1, 2] and records[1]["seconds"] > 1000.0
+
+
+# ---------------------------------------------------------------- small things a newcomer trips on
+
+@pytest.mark.parametrize("script,argv,typo,meant", [
+    ("main.py", [], "--epoch", "--epochs"), ("test.py", ["--resume", "x"], "--hed", "--head"),
+    ("scripts/maxnorm_stage.py", ["--resume", "x"], "--epoch", "--epochs"),
+    ("scripts/reproduce.py", ["cifar10-lt"], "--seed", "--seeds")])
+def test_a_near_miss_flag_gets_a_did_you_mean(script, argv, typo, meant):
+    done = subprocess.run([sys.executable, os.path.join(ROOT, script), *argv, typo, "3"], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and f"{typo}: did you mean {meant}?" in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 2
+
+
+def test_files_that_are_not_checkpoints_are_named_for_what_they_are(tmp_path, capsys):
+    (tmp_path / "report.json").write_text('{"top1": 1}')
+    (tmp_path / "log.txt").write_text("run folder: x\nepoch 1/1 ...\n")
+    (tmp_path / "plot.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(32))
+    for name, kind in (("report.json", "JSON text"), ("log.txt", "text"), ("plot.png", "a PNG image")):
+        code, _, err = cli(test_script, ["--resume", str(tmp_path / name)], capsys)
+        assert code == 2 and f"is not a PyTorch checkpoint: it is {kind}" in err and "--trust_checkpoint" not in err
+
+
+def test_a_message_ends_a_quoted_sentence_with_one_full_stop():
+    from utils.errors import tidy_message
+    assert tidy_message("cannot read 'x': it is broken.. Is the file") == "cannot read 'x': it is broken. Is the file"
+    assert tidy_message("wait ... or not") == "wait ... or not"
+
+
+def test_a_network_too_wide_is_told_to_narrow_not_to_lower_the_batch(tmp_path, data_root, capsys):
+    code, _, err = cli(train_script, TINY_TRAIN + ["--root", data_root, "--epochs", "1", "--width", "100000",
+                                                   "--root_log", str(tmp_path / "runs")], capsys)
+    assert code == 2 and "use a smaller --width" in err and "Lower -b" not in err
+
+
+def test_the_sweeps_commands_give_each_flag_once_and_refuse_the_sweeps_own_flags(capsys):
+    from scripts import reproduce
+    base = ["--dataset", "cifar10", "-a", "resnet32", "--epochs", "200", "-b", "64", "--lr", "0.01",
+            "--balanced_softmax", "--weight_decay", "5e-3"]
+    assert reproduce.with_extra(base, ["--epochs", "1", "--batch_size", "16", "--wd", "0"]) == [
+        "--dataset", "cifar10", "-a", "resnet32", "--lr", "0.01", "--balanced_softmax", "--epochs", "1",
+        "--batch_size", "16", "--wd", "0"]
+    for extra, instead in (("--root /data", "reproduce.py's --root DIR"), ("--seed 4", "--seeds N"),
+                           ("--name x", "--out DIR"), ("--epochs 2 --root_log runs", "--out DIR")):
+        with pytest.raises(SystemExit) as exited:
+            reproduce.cli(["cifar10-lt", "--extra", extra, "--dry_run"])
+        err = capsys.readouterr().err
+        assert exited.value.code == 2 and "which the sweep sets for every run itself" in err and instead in err
+
+
+def test_the_sweeps_table_tells_a_run_that_never_ran_from_an_empty_shot_group():
+    from glmc.paper_tables import TABLES
+    from scripts import reproduce
+    row = {"row": "CIFAR-10-LT, IF 100", "column": "glmc", "published": 87.75, "published_groups": "",
+           "best_std": None, "diff": None, "last_mean": None, "last_std": None, "minutes_per_run": None,
+           "missing": "s1 (failed)"}
+    never = {**row, "n": 0, "best_mean": None, "many": None, "medium": None, "few": None}
+    ran = {**row, "n": 1, "best_mean": 20.0, "many": 30.0, "medium": 10.0, "few": None}
+    text = reproduce.markdown("t", TABLES["cifar10-lt"], [never, ran], [1], argparse.Namespace(extra="",
+                                                                                               maxnorm_extra=""))
+    lines = [line for line in text.splitlines() if line.startswith("| CIFAR-10-LT")]
+    assert lines[0].count("| — |") >= 3 and "empty" not in lines[0]
+    assert "| 30.00 | 10.00 | empty |" in lines[1]
+
+
+def test_the_sweeps_csv_has_no_float_noise(tmp_path):
+    from scripts import reproduce
+    row = {k: None for k in reproduce.CSV_FIELDS}
+    row.update({"row": "r", "column": "c", "published": 87.75, "best_mean": 0.1 + 0.2, "n": 1})
+    assert str(row["best_mean"]) == "0.30000000000000004"  # the noise a sum leaves
+    reproduce.write_csv(str(tmp_path / "t.csv"), [row])
+    assert "r,c,87.75,1,0.3," in (tmp_path / "t.csv").read_text()

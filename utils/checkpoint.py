@@ -218,11 +218,33 @@ def _load(path: str, trust: bool):
                          "--trust_checkpoint, which runs its code)") from None
 
 
+def not_a_checkpoint(path: str) -> Optional[str]:
+    """What the file is when its first bytes are neither a zip archive (torch.save) nor a pickle (the
+    legacy format): 'a PNG image', 'JSON text', ...; None when it may be a checkpoint."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head.startswith(b"PK\x03\x04") or head.startswith(b"\x80"):
+        return None
+    known = [(b"\x89PNG", "a PNG image"), (b"\xff\xd8\xff", "a JPEG image"), (b"{", "JSON text"), (b"[", "JSON text")]
+    kind = next((what for magic, what in known if head.lstrip().startswith(magic)), None)
+    if kind is None:
+        try:
+            head.decode("utf-8")
+            kind = "text" if head else "an empty file"
+        except UnicodeDecodeError:
+            kind = "another kind of file"
+    return kind
+
+
 def read_checkpoint(path: str, trust: bool = False) -> Dict:
     """Load a checkpoint dict (or a bare state_dict, wrapped as {'state_dict': ...}) on the CPU, as data
     only unless `trust`; a checkpoint with a checksum is verified."""
     if not os.path.isfile(path):
         raise UsageError(f"checkpoint {path!r} does not exist")
+    kind = not_a_checkpoint(path)
+    if kind:
+        raise UsageError(f"{path!r} is not a PyTorch checkpoint: it is {kind}. Name a .pth.tar file, or a run "
+                         "folder")
     try:
         obj = _load(path, trust)
     except UsageError:

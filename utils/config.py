@@ -1,6 +1,7 @@
 """Command-line machinery of the scripts: a parser that records which flags were given, the command line
 that repeats a run, the flags every script shares (seed, batch, device), and one clear message per error."""
 import argparse
+import difflib
 import os
 import shlex
 import signal
@@ -9,7 +10,7 @@ from typing import Callable, Dict, List, Sequence
 
 import torch
 
-from utils.errors import RunStopped, UsageError
+from utils.errors import RunStopped, UsageError, tidy_message
 from utils.interrupt import EXIT_INTERRUPTED, INTERRUPTED_MESSAGE
 from utils.metrics import SHOT_RULES
 from utils.progress import plural
@@ -36,7 +37,22 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
 
     def error(self, message: str):
-        self.exit(2, f"usage: {self.prog} [flags] (--help lists them)\n{self.prog}: error: {message}\n")
+        self.exit(2, f"usage: {self.prog} [flags] (--help lists them)\n{self.prog}: error: {message}"
+                     + self.did_you_mean(message) + "\n")
+
+    def did_you_mean(self, message: str) -> str:
+        """'; did you mean --epochs?' for each unrecognised flag that is close to one of this parser's."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [o for action in self._actions for o in action.option_strings]
+        hints = []
+        for token in message.split(":", 1)[1].split():
+            flag = token.split("=", 1)[0]
+            if flag.startswith("-") and flag not in known:
+                close = difflib.get_close_matches(flag, known, n=1, cutoff=0.7)
+                if close:
+                    hints.append(f"{flag}: did you mean {close[0]}?")
+        return ("; " + "; ".join(hints)) if hints else ""
 
 
 class FlagTrackingParser(Parser):
@@ -179,5 +195,5 @@ def run_cli(entry, parser: argparse.ArgumentParser, argv=None) -> None:
         message = str(exc)
         if "Original Traceback" in message:  # raised in a DataLoader worker: keep the worker's own message
             message = message.strip().splitlines()[-1].split(": ", 1)[-1]
-        print(f"error: {message}" if isinstance(exc, UsageError) else message, file=sys.stderr)
+        print(tidy_message(f"error: {message}" if isinstance(exc, UsageError) else message), file=sys.stderr)
         sys.exit(exc.exit_code if isinstance(exc, RunStopped) else 2)

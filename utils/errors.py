@@ -8,9 +8,16 @@
 import contextlib
 import errno
 import os
+import re
 import shutil
 
 EXIT_USAGE, EXIT_DIVERGED, EXIT_WRITE_FAILED = 2, 3, 4
+
+
+def tidy_message(message: str) -> str:
+    """A message as printed: a sentence that ends in a quoted message's own full stop gets one stop, not
+    two ('... not a checkpoint.. Name' becomes '... not a checkpoint. Name'); an ellipsis is left alone."""
+    return re.sub(r"(?<!\.)\.\.(?!\.)", ".", message)
 
 
 class UsageError(Exception):

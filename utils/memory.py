@@ -109,7 +109,7 @@ def smallest_gpu(estimate: MemoryEstimate) -> str:
     need = estimate.total + CUDA_CONTEXT
     size = next((g for g in USUAL_GPU_GB if need <= GPU_USABLE * g * 2 ** 30), None)
     if size is None:
-        return f"more than a {USUAL_GPU_GB[-1]} GB GPU holds (lower -b, or run on more processes)"
+        return f"more than a {USUAL_GPU_GB[-1]} GB GPU holds"
     return f"fits a GPU with {size} GB or more"
 
 
