@@ -28,8 +28,9 @@ Each choice has a named alternative (`LOSSES`, `PROJECTIONS`, `INPUTS`,
 """
 import copy
 import dataclasses
+import itertools
 import math
-from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, Iterable, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -150,34 +151,48 @@ def feature_batches(features: torch.Tensor, labels: torch.Tensor, batch_size: in
 
 def train_second_stage(model: nn.Module, epoch_batches: Callable[[int], Iterable[Tuple[torch.Tensor, torch.Tensor]]],
                        evaluate: Callable[[nn.Module], Dict], counts: Sequence[int], opts: StageOptions,
-                       device: torch.device, log: Callable[[str], None] = print, head_name: str = "fc_cb") -> Dict:
+                       device: torch.device, log: Callable[[str], None] = print, head_name: str = "fc_cb",
+                       resume: Optional[Dict] = None, stop: Callable[[], bool] = lambda: False,
+                       on_step: Callable[[int, int, int], None] = lambda epoch, step, images: None) -> Dict:
     """Re-train the classifier `head_name` (the run's evaluation head: `fc_cb` for GLMC) with everything
     else frozen; evaluate after every epoch.
 
     `epoch_batches(epoch)` yields (images, labels), or (features, labels) with
-    `opts.inputs == "features"`. Returns the cap, the per-epoch history, the last
-    epoch's figures, and the best epoch (by per-class-mean test accuracy, as the
-    reference keeps it) with its figures and state_dict.
+    `opts.inputs == "features"`, the same ones whenever it is called for an epoch. Returns the cap, the
+    per-epoch history, the last epoch's figures, and the best epoch (by per-class-mean test accuracy, as
+    the reference keeps it) with its figures and state_dict.
+
+    After each step `on_step(epoch, steps done in it, images in the step)` is called, then `stop()`: when it
+    says so, the stage returns {"stopped": state} at once, and `resume=state` continues it exactly (the
+    network with its moving BatchNorm statistics, the optimizer, the epoch's loss so far, the history and
+    the best epoch; the steps done are skipped in the epoch's batches, which are the same batches again).
     """
     head = getattr(model, head_name)
     for p in model.parameters():
         p.requires_grad_(False)
     for p in head.parameters():
         p.requires_grad_(True)
-    cap = max_norm_threshold(head.weight, opts.thresh)
-    class_weights = class_balanced_weights(counts, opts.cb_beta).to(device)
     optimizer = torch.optim.SGD(head.parameters(), lr=opts.lr, momentum=opts.momentum,
                                 weight_decay=opts.weight_decay)
+    if resume:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        cap, history, best = resume["cap"], list(resume["history"]), dict(resume["best"])
+        first_epoch, skip = resume["epoch"], resume["step"]
+    else:
+        cap, history, best, first_epoch, skip = max_norm_threshold(head.weight, opts.thresh), [], {}, 0, 0
+    class_weights = class_balanced_weights(counts, opts.cb_beta).to(device)
     features_of = (lambda x: x) if opts.inputs == "features" else model.features
-    history: List[Dict] = []
-    best: Dict = {}
-    for epoch in range(opts.epochs):
+    result: Dict = {}
+    for epoch in range(first_epoch, opts.epochs):
         lr = stage_lr(opts, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr
         model.train(opts.bn == "train")
         loss_sum, batches = torch.zeros((), device=device), 0
-        for x, y in epoch_batches(epoch):
+        if skip:
+            loss_sum, batches = resume["loss_sum"].to(device), skip
+        for x, y in itertools.islice(epoch_batches(epoch), skip, None):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             with torch.no_grad():
                 feats = features_of(x)
@@ -191,6 +206,13 @@ def train_second_stage(model: nn.Module, epoch_batches: Callable[[int], Iterable
                 project_rows_(head.weight, cap)
             loss_sum += loss.detach()
             batches += 1
+            on_step(epoch, batches, len(y))
+            if stop():
+                return {"stopped": {"epoch": epoch, "step": batches, "loss_sum": loss_sum.cpu(),
+                                    "model": copy.deepcopy(model.state_dict()),
+                                    "optimizer": copy.deepcopy(optimizer.state_dict()), "cap": cap,
+                                    "history": history, "best": best}}
+        skip = 0
         if opts.project == "epoch":
             project_rows_(head.weight, cap)
         result = evaluate(model)

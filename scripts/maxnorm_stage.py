@@ -29,9 +29,11 @@ features --bn frozen --lr_step end`) is one of them.
 """
 import argparse
 import dataclasses
+import math
 import os
 import sys
-from typing import Dict
+import time
+from typing import Callable, Dict, Optional
 
 from torch.utils.data import DataLoader
 
@@ -44,10 +46,13 @@ from datasets.image_files import collate_fn_for  # noqa: E402
 from models import model_from_checkpoint  # noqa: E402
 from models.args import add_model_args, check_model_args  # noqa: E402
 from utils.checkpoint import atomic_save, read_checkpoint  # noqa: E402
-from utils.config import FlagTrackingParser, add_run_args, check_run_args, run_cli, select_device  # noqa: E402
-from utils.errors import UsageError, writing  # noqa: E402
+from utils.config import (FlagTrackingParser, add_run_args, check_run_args, command_line, run_cli,  # noqa: E402
+                          select_device)
+from utils.errors import RunStopped, UsageError, writing  # noqa: E402
+from utils.interrupt import StopRequest  # noqa: E402
+from utils.progress import format_duration, remaining_time  # noqa: E402
 from glmc.maxnorm import (BN_MODES, INPUTS, LOSSES, LR_STEPS, PROJECTIONS, StageOptions, stage_lr,  # noqa: E402
-                           extract_features, feature_batches, train_second_stage)
+                           extract_features, feature_batches, max_norm_threshold, train_second_stage)
 from utils.metrics import evaluate  # noqa: E402
 from utils.presets import mark_preset_flags, preset_network_and_crop  # noqa: E402
 from utils.report import table  # noqa: E402
@@ -100,6 +105,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr_step", default=ref.lr_step, choices=list(LR_STEPS), help=choices_help(LR_STEPS))
     g.add_argument("--data_path", default="tensor", choices=["tensor", "pil"],
                    help="CIFAR augmentation on the device (tensor, default) or per image with PIL")
+    g.add_argument("--progress_seconds", type=float, default=30.0,
+                   help="a progress line within an epoch at least every this many seconds (default 30)")
     g.add_argument("--out", default=None,
                    help="where to save the last epoch (default: <checkpoint>.maxnorm.pth.tar beside it, "
                         "<checkpoint>.maxnorm-<recipe>.pth.tar for options other than the reference's; the best "
@@ -121,6 +128,41 @@ def stage_options(args: argparse.Namespace) -> StageOptions:
                         batch_size=args.batch_size, thresh=args.thresh, cb_beta=args.cb_beta,
                         focal_gamma=args.focal_gamma, loss=args.loss, project=args.project, inputs=args.inputs,
                         bn=bn, lr_step=args.lr_step)
+
+
+def read_stopped_stage(partial: str, identity: Dict, trust: bool) -> Optional[Dict]:
+    """The state a stopped stage saved at `partial`, if there is one and it is this stage's (same recipe, source
+    checkpoint, seed and training set); one of another stage stops with exit 2 instead of being overwritten."""
+    if not os.path.isfile(partial):
+        return None
+    saved = read_checkpoint(partial, trust)
+    if saved.get("identity") != identity:
+        differs = sorted(k for k in identity if (saved.get("identity") or {}).get(k) != identity[k])
+        raise UsageError(f"{partial} holds a stopped MaxNorm stage of other settings ({', '.join(differs)}); "
+                         "continue it with its own flags, or delete it to start this one")
+    return saved
+
+
+def progress_printer(epochs: int, steps: int, every: float, resumed: Optional[Dict]) -> Callable[[int, int, int], None]:
+    """The stage's `on_step`: a line at the first step it trains and then at least every `every` seconds,
+    with the step, images per second, and the time left in the epoch and in the stage."""
+    start, last = time.time(), [0.0]
+    first = (resumed["epoch"] * steps + resumed["step"]) if resumed else 0
+    images = [0]
+
+    def on_step(epoch: int, step: int, n: int) -> None:
+        images[0] += n
+        now = time.time()
+        done = epoch * steps + step - first
+        if last[0] and now - last[0] < every and not (epoch + 1 == epochs and step == steps):
+            return
+        last[0] = now
+        elapsed = now - start
+        epoch_left, stage_left = remaining_time(elapsed, done, steps - step, steps, epochs - epoch - 1)
+        print(f"stage epoch {epoch + 1}/{epochs} step {step}/{steps}, {images[0] / max(elapsed, 1e-9):.0f} img/s; "
+              f"{format_duration(elapsed)} elapsed, epoch about {format_duration(epoch_left)} left, stage about "
+              f"{format_duration(stage_left)} left", flush=True)
+    return on_step
 
 
 def main(args: argparse.Namespace) -> Dict:
@@ -161,19 +203,47 @@ def main(args: argparse.Namespace) -> Dict:
         def epoch_batches(epoch):
             return (batch for (batch,) in train_loader.epoch(epoch) if batch is not None)
 
+    steps = len(train_loader) if opts.inputs == "images" else math.ceil(len(labels) / opts.batch_size)
+
     if stage_lr(opts, 0) <= 1e-12 * opts.lr:
         print(f"warning: with --epochs {opts.epochs} and --lr_step {opts.lr_step} the stage's first epoch trains at "
               "learning rate 0 (the cosine is stepped before each epoch, so the last epoch always has lr 0): the "
               "classifier learns nothing. Use --epochs 2 or more, or --lr_step end", file=sys.stderr)
-    before = test_figures(model)
-    print(f"MaxNorm stage on {path}, {len(data.train)} training images, recipe: {opts.variant()}; re-trains {head} "
-          f"({why})")
-    stage = train_second_stage(model, epoch_batches, test_figures, data.train_counts, opts, device, head_name=head)
-
     stem = path[:-len(".pth.tar")] if path.endswith(".pth.tar") else path
     recipe = "" if opts.variant() == "reference" else "-" + variant_slug(opts)
     out_last = args.out or f"{stem}.maxnorm{recipe}.pth.tar"
-    out_best = (out_last[:-len(".pth.tar")] if out_last.endswith(".pth.tar") else out_last) + ".best.pth.tar"
+    out_stem = out_last[:-len(".pth.tar")] if out_last.endswith(".pth.tar") else out_last
+    out_best, partial = out_stem + ".best.pth.tar", out_stem + ".stopped.pth.tar"
+    identity = {**dataclasses.asdict(opts), "source_checkpoint": os.path.abspath(path), "seed": args.seed,
+                "train_fingerprint": data.fingerprint, "head": head}
+    stopped = read_stopped_stage(partial, identity, args.trust_checkpoint)
+    print(f"MaxNorm stage on {path}, {len(data.train)} training images, recipe: {opts.variant()}; re-trains {head} "
+          f"({why})")
+    if stopped:
+        before = stopped["before"]
+        print(f"continuing the stopped stage saved in {partial}: stage epoch {stopped['stage']['epoch'] + 1}, "
+              f"after its step {stopped['stage']['step']}")
+    else:
+        before = test_figures(model)
+    cap = stopped["stage"]["cap"] if stopped else max_norm_threshold(getattr(model, head).weight, opts.thresh)
+    print(f"cap {cap:.4f}: the largest L2 norm a {head} weight row may have during the stage, min + "
+          f"{opts.thresh:g} x (max - min) of the rows' norms before it (--thresh)")
+    print("before:\n" + table(before), flush=True)
+    again = command_line("scripts/maxnorm_stage.py", get_args_parser(), args)
+    with StopRequest() as stop:
+        stage = train_second_stage(model, epoch_batches, test_figures, data.train_counts, opts, device,
+                                   head_name=head, resume=stopped["stage"] if stopped else None,
+                                   stop=lambda: stop.signum is not None,
+                                   on_step=progress_printer(opts.epochs, steps, args.progress_seconds,
+                                                            stopped["stage"] if stopped else None))
+        if "stopped" in stage:
+            state = stage["stopped"]
+            atomic_save({"state_dict": state["model"], "stage": state, "before": before, "identity": identity},
+                        partial)
+            raise RunStopped(f"stopped by {stop.name} at stage epoch {state['epoch'] + 1}, step {state['step']}/"
+                             f"{steps}; the stage is saved in {partial}, and the same command continues it "
+                             f"exactly:\n  {again}", stop.exit_code)
+
     kept = {k: v for k, v in checkpoint.items() if k in ("epoch", "arch", "run", "args", "train_counts")}
     settings = {**dataclasses.asdict(opts), "variant": opts.variant(), "cap": stage["cap"], "source_checkpoint": path,
                 "head": head}
@@ -198,9 +268,8 @@ def main(args: argparse.Namespace) -> Dict:
                             "maxnorm_stage": settings, "history": stage["history"],
                             **({"selection": BEST_NOTE} if which == "best" else {})})
         reports[which] = report
-    print(f"cap {stage['cap']:.4f}: the largest L2 norm a {head} weight row may have during the stage, min + "
-          f"{opts.thresh:g} x (max - min) of the rows' norms before it (--thresh)")
-    print("before:\n" + table(before))
+    if os.path.lexists(partial):
+        os.remove(partial)  # the stage is done: its saved state is of no more use
     print(f"after, last epoch ({opts.epochs}):\n" + table(stage["last"]))
     print(f"after, best epoch ({best['epoch']}; {BEST_NOTE}):\n" + table(best["result"]))
     print(f"written:\n  last epoch: {out_last}\n  best epoch: {out_best}\n  reports: {reports['last']}\n"

@@ -1,7 +1,10 @@
 """The MaxNorm second stage: the reference recipe's pieces by hand, its options, and the script on every data kind."""
+import glob
 import json
 import math
 import os
+import shutil
+import signal
 
 import numpy as np
 import pytest
@@ -14,6 +17,7 @@ from scripts import maxnorm_stage
 from tests.conftest import write_cifar
 from tests.test_image_files import folder_style, imagenet_style
 from utils.checkpoint import strip_prefixes
+from utils.errors import RunStopped
 from glmc.maxnorm import (StageOptions, cb_focal_loss, cb_softmax_loss, class_balanced_weights, max_norm_threshold,
                            project_rows_, stage_lr, train_second_stage)
 
@@ -228,3 +232,46 @@ def test_features_with_batchnorm_in_train_mode_is_refused(tmp_path):
     args = maxnorm_stage.get_args_parser().parse_args(["--resume", "x", "--inputs", "features", "--bn", "train"])
     with pytest.raises(UsageError, match="--bn train needs --inputs images"):
         maxnorm_stage.stage_options(args)
+
+
+@pytest.mark.parametrize("recipe", [[], ["--inputs", "features"]], ids=["images", "features"])
+def test_a_stage_stopped_mid_epoch_and_continued_ends_as_one_run_through(tmp_path, monkeypatch, capsys, recipe):
+    """SIGTERM during the stage's second epoch (step 2 of 5; of 3 epochs, so that it trains at a learning rate
+    above 0): the stage saves its state and says how to go on;
+    the same command continues it, and the final weights equal those of a stage that was never stopped."""
+    root = str(tmp_path / "data")
+    write_cifar(root, train_per_class=20, test_per_class=3)
+    data = ["--root", root, "--no_download"]
+    run_dir = train_run(tmp_path, data + ["--imbanlance_rate", "0.1"])
+    copy = str(tmp_path / "copy")
+    shutil.copytree(run_dir, copy)
+    stage = ["-b", "16", "--epochs", "3", *recipe]  # 78 images: 5 steps per epoch; epoch 2 at lr 0.0025
+    run_stage(run_dir, data, *stage)
+    real_printer = maxnorm_stage.progress_printer
+
+    def printer_that_signals(*args):
+        print_line = real_printer(*args)
+
+        def on_step(epoch, step, images):
+            print_line(epoch, step, images)
+            if (epoch, step) == (1, 2):
+                os.kill(os.getpid(), signal.SIGTERM)
+        return on_step
+
+    monkeypatch.setattr(maxnorm_stage, "progress_printer", printer_that_signals)
+    with pytest.raises(RunStopped) as stopped:
+        run_stage(copy, data, *stage)
+    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert "at stage epoch 2, step 2/5" in str(stopped.value) and "the same command continues it" in str(stopped.value)
+    (saved,) = glob.glob(os.path.join(copy, "ckpt.best.maxnorm-*.stopped.pth.tar"))
+    slug = os.path.basename(saved)[len("ckpt.best.maxnorm-"):-len(".stopped.pth.tar")]
+    assert not os.path.exists(os.path.join(copy, f"ckpt.best.maxnorm-{slug}.pth.tar"))
+    monkeypatch.setattr(maxnorm_stage, "progress_printer", real_printer)
+    capsys.readouterr()
+    run_stage(copy, data, *stage)
+    assert "continuing the stopped stage saved in" in capsys.readouterr().out and not os.path.exists(saved)
+    for name in (f"ckpt.best.maxnorm-{slug}.pth.tar", f"ckpt.best.maxnorm-{slug}.best.pth.tar"):
+        one, two = (torch.load(os.path.join(d, name), weights_only=False)["state_dict"] for d in (run_dir, copy))
+        assert all(torch.equal(one[k], two[k]) for k in one), name
+    reports = [json.load(open(os.path.join(d, "eval", f"maxnorm-best-{slug}-last.json"))) for d in (run_dir, copy)]
+    assert reports[0]["history"] == reports[1]["history"] and reports[0]["before"] == reports[1]["before"]
