@@ -421,7 +421,8 @@ def main(argv=None) -> int:
     checked = check_first_run(jobs, gpus)
     if args.dry_run:
         for job in jobs:
-            what = "done" if job.state == DONE else "to resume" if "--resume" in job.argv and not job.stage else "to run"
+            resumes = "--resume" in job.argv and not job.stage
+            what = "done" if job.state == DONE else "to resume" if resumes else "to run"
             print(f"{job.name}: {what}" + (f" (after {job.needs})" if job.needs else "")
                   + f"\n  python {shlex.join(job.argv)}")
         print(f"{plural(len(jobs), 'run')}, {sum(j.state == DONE for j in jobs)} done; devices: "
