@@ -33,8 +33,9 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
+import torch
 from torch.utils.data import DataLoader
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -130,17 +131,22 @@ def stage_options(args: argparse.Namespace) -> StageOptions:
                         bn=bn, lr_step=args.lr_step)
 
 
-def read_stopped_stage(partial: str, identity: Dict, trust: bool) -> Optional[Dict]:
-    """The state a stopped stage saved at `partial`, if there is one and it is this stage's (same recipe, source
-    checkpoint, seed and training set); one of another stage stops with exit 2 instead of being overwritten."""
-    if not os.path.isfile(partial):
-        return None
-    saved = read_checkpoint(partial, trust)
+def stage_outputs(args: argparse.Namespace, opts: StageOptions, path: str) -> Tuple[str, str, str]:
+    """(last epoch, best epoch, stopped state): the files the stage writes for checkpoint `path`."""
+    stem = path[:-len(".pth.tar")] if path.endswith(".pth.tar") else path
+    recipe = "" if opts.variant() == "reference" else "-" + variant_slug(opts)
+    out_last = args.out or f"{stem}.maxnorm{recipe}.pth.tar"
+    out_stem = out_last[:-len(".pth.tar")] if out_last.endswith(".pth.tar") else out_last
+    return out_last, out_stem + ".best.pth.tar", out_stem + ".stopped.pth.tar"
+
+
+def check_stopped_stage(saved: Dict, partial: str, identity: Dict) -> None:
+    """A stopped stage's saved state continues only the same stage (recipe, source checkpoint, seed and training
+    set); one of another stage stops with exit 2 instead of being overwritten."""
     if saved.get("identity") != identity:
         differs = sorted(k for k in identity if (saved.get("identity") or {}).get(k) != identity[k])
         raise UsageError(f"{partial} holds a stopped MaxNorm stage of other settings ({', '.join(differs)}); "
                          "continue it with its own flags, or delete it to start this one")
-    return saved
 
 
 def progress_printer(epochs: int, steps: int, every: float, resumed: Optional[Dict]) -> Callable[[int, int, int], None]:
@@ -183,7 +189,10 @@ def main(args: argparse.Namespace) -> Dict:
                               "the flag out", canonical={"dataset": canonical_dataset})
     adopt_data_root(args, description, f"checkpoint {path!r}")
     device = select_device(args.gpu)
-    print(set_threads(args.threads))
+    out_last, out_best, partial = stage_outputs(args, opts, path)
+    stopped = read_checkpoint(partial, args.trust_checkpoint) if os.path.isfile(partial) else None
+    # a continued stage computes with the thread count it started with (CPU sums depend on it)
+    print(set_threads(args.threads, stopped.get("cpu_threads") if stopped else None))
     data = build_data(args, views=1)
     check_training_set(description, data.fingerprint, args.root, path)
     model = model_from_checkpoint(checkpoint, path, args.arch, data.num_classes, args.width).to(device)
@@ -209,14 +218,10 @@ def main(args: argparse.Namespace) -> Dict:
         print(f"warning: with --epochs {opts.epochs} and --lr_step {opts.lr_step} the stage's first epoch trains at "
               "learning rate 0 (the cosine is stepped before each epoch, so the last epoch always has lr 0): the "
               "classifier learns nothing. Use --epochs 2 or more, or --lr_step end", file=sys.stderr)
-    stem = path[:-len(".pth.tar")] if path.endswith(".pth.tar") else path
-    recipe = "" if opts.variant() == "reference" else "-" + variant_slug(opts)
-    out_last = args.out or f"{stem}.maxnorm{recipe}.pth.tar"
-    out_stem = out_last[:-len(".pth.tar")] if out_last.endswith(".pth.tar") else out_last
-    out_best, partial = out_stem + ".best.pth.tar", out_stem + ".stopped.pth.tar"
     identity = {**dataclasses.asdict(opts), "source_checkpoint": os.path.abspath(path), "seed": args.seed,
                 "train_fingerprint": data.fingerprint, "head": head}
-    stopped = read_stopped_stage(partial, identity, args.trust_checkpoint)
+    if stopped:
+        check_stopped_stage(stopped, partial, identity)
     print(f"MaxNorm stage on {path}, {len(data.train)} training images, recipe: {opts.variant()}; re-trains {head} "
           f"({why})")
     if stopped:
@@ -238,8 +243,8 @@ def main(args: argparse.Namespace) -> Dict:
                                                             stopped["stage"] if stopped else None))
         if "stopped" in stage:
             state = stage["stopped"]
-            atomic_save({"state_dict": state["model"], "stage": state, "before": before, "identity": identity},
-                        partial)
+            atomic_save({"state_dict": state["model"], "stage": state, "before": before, "identity": identity,
+                         "cpu_threads": torch.get_num_threads()}, partial)
             raise RunStopped(f"stopped by {stop.name} at stage epoch {state['epoch'] + 1}, step {state['step']}/"
                              f"{steps}; the stage is saved in {partial}, and the same command continues it "
                              f"exactly:\n  {again}", stop.exit_code)
