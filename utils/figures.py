@@ -18,7 +18,7 @@ def _pyplot():
 def plot_reproduction(cells: List[Dict], title: str, path: str) -> bool:
     """Left, one panel per table row: top-1 per epoch of every seed of each trained cell, the published
     value as a dashed line of the same colour, and for a cell that trains no epochs of its own (the
-    MaxNorm stage) its mean last top-1 as a diamond at the row's last epoch. One legend for all panels
+    MaxNorm stage) its mean last top-1 as a diamond just after the row's last epoch. One legend for all panels
     (a column has one colour everywhere). Right: measured best top-1 minus published, mean over seeds
     with the sample standard deviation as error bar, for every cell with a published value and a run;
     the measured best top-1 itself where no cell has both (a table nobody published)."""
@@ -41,8 +41,8 @@ def plot_reproduction(cells: List[Dict], title: str, path: str) -> bool:
             for curve in c["curves"].values():
                 ax.plot(range(1, len(curve) + 1), curve, color=colour, alpha=0.8, lw=1.2, marker="o", ms=3,
                         label=f"{c['column']}: each seed")
-            if not c["curves"] and c.get("last_mean") is not None:
-                ax.plot([last_epoch], [c["last_mean"]], marker="D", ls="none", color=colour,
+            if not c["curves"] and c.get("last_mean") is not None:  # just after the last epoch: it comes after it
+                ax.plot([last_epoch + 0.25], [c["last_mean"]], marker="D", ls="none", color=colour,
                         label=f"{c['column']}: after the stage (mean, last stage epoch)")
             if c["published"] is not None:
                 ax.axhline(c["published"], color=colour, ls="--", lw=1, label=f"{c['column']}: published")
