@@ -102,8 +102,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     g.add_argument("-p", "--print_freq", type=int, default=50, help="print a progress line every N steps")
     g.add_argument("--root_log", default="runs", help="parent folder of run folders (logs, args.json)")
     g.add_argument("--name", default=None,
-                   help="run folder name (default: data set, network, IF, method, seed and start time); "
-                        "a name that is taken gets a suffix -2, -3, ...")
+                   help="run folder name (default: data set, network, IF, method, seed and start time, with a "
+                        "suffix -2, -3, ... when taken); a --name that is taken stops with exit 2")
     g.add_argument("--root_model", default=None,
                    help="parent folder for checkpoints (default: the run folder itself)")
     g.add_argument("--resume", default=None,
@@ -300,7 +300,8 @@ def open_run_folder(args, checkpoint: Optional[Dict], world: World):
         check_run_folder_files(run_dir, ckpt_dir)
     else:
         run_dir = broadcast_object(world, new_run_folder(args.root_log, run_folder_name(args, args.dataset in
-                                                                                        CIFAR_INFO))
+                                                                                        CIFAR_INFO),
+                                                         exact=bool(args.name))
                                    if world.is_main else None)
         if world.is_main and elastic_job():
             remember_elastic_run(args.root_log, elastic_job(), args.seed, run_dir)

@@ -46,7 +46,8 @@ from utils.checkpoint import LATEST  # noqa: E402
 from utils.metrics_log import read_metrics  # noqa: E402
 from utils.run_log import tidy_floats  # noqa: E402
 from utils.safe_files import write_text  # noqa: E402
-from utils.sweep import DONE, FAILED, Job, Sweep  # noqa: E402
+from utils.run_lock import RunLock  # noqa: E402
+from utils.sweep import DONE, FAILED, Job, Sweep, SweepLog  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST = "reproduce.json"
@@ -119,14 +120,18 @@ def chosen_rows(table: Table, rows: Optional[str]) -> List[Row]:
 def check_out_folder(out: str, args, seeds: List[int]) -> Dict:
     """The sweep's manifest; a folder holding another table's sweep, or one made with other flags, stops."""
     path = os.path.join(out, MANIFEST)
-    settings = {"table": args.table, "extra": args.extra, "maxnorm_extra": args.maxnorm_extra}
+    settings = {"table": args.table, "extra": args.extra, "maxnorm_extra": args.maxnorm_extra,
+                "root": os.path.abspath(args.root)}
     if os.path.isfile(path):
         with open(path) as f:
             manifest = json.load(f)
+        manifest.setdefault("root", settings["root"])  # recorded since 2026-12: older sweeps take this one
         for key, value in settings.items():
             if manifest.get(key) != value:
-                raise UsageError(f"--out {out!r} holds a sweep made with {key} {manifest.get(key)!r}, not {value!r}: "
-                                 "use another --out, or the same settings to continue it")
+                what = "data root" if key == "root" else key
+                raise UsageError(f"--out {out!r} holds a sweep made with {what} {manifest.get(key)!r}, not {value!r}: "
+                                 "its runs would be mixed with these in one table. Use another --out, or the same "
+                                 "settings to continue it")
         return manifest
     runs = os.path.join(out, "runs")
     names = {f"{row.name}-{cell.column}" for row in TABLES[args.table].rows for cell in row.cells}
@@ -223,7 +228,8 @@ def make_jobs(table: Table, rows: List[Row], seeds: List[int], args, out: str) -
                 if cell.is_stage:
                     base = os.path.join(runs, f"{row.name}-{cell.flags}-s{seed}")
                     job = Job(name, [os.path.join(REPO, "scripts", "maxnorm_stage.py"), "--resume", base, "--root",
-                                     args.root, *shlex.split(args.maxnorm_extra)], os.path.join(logs, name + ".log"),
+                                     args.root, "--seed", str(seed), *shlex.split(args.maxnorm_extra)],
+                              os.path.join(logs, name + ".log"),
                               stage_recipe(args.maxnorm_extra).epochs, needs=f"{row.name}-{cell.flags}-s{seed}",
                               stage=True)
                     if all(os.path.isfile(p) for p in stage_reports(base, args.maxnorm_extra).values()):
@@ -240,6 +246,7 @@ def make_jobs(table: Table, rows: List[Row], seeds: List[int], args, out: str) -
                 elif os.path.isfile(os.path.join(run_dir, LATEST)):
                     job.argv = argv + ["--resume", run_dir]
                 elif os.path.isdir(run_dir) and not args.dry_run:
+                    RunLock(run_dir).acquire().release()  # in use by a process of its own: stop, delete nothing
                     shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
                 jobs.append(job)
     return jobs
@@ -405,6 +412,18 @@ def write_csv(path: str, rows: List[Dict]) -> None:
 
 # ---------------------------------------------------------------- main
 
+def print_plan(jobs: List[Job], gpus: List[Optional[int]], args) -> None:
+    """--dry_run: every run, its state and its command."""
+    for job in jobs:
+        resumes = "--resume" in job.argv and not job.stage
+        what = "done" if job.state == DONE else "to resume" if resumes else "to run"
+        print(f"{job.name}: {what}" + (f" (after {job.needs})" if job.needs else "")
+              + f"\n  python {shlex.join(job.argv)}")
+    print(f"{plural(len(jobs), 'run')}, {sum(j.state == DONE for j in jobs)} done; devices: "
+          + (", ".join(f"GPU {g}" for g in gpus) if gpus[0] is not None else "the CPU")
+          + f", {args.per_gpu} at once on each", flush=True)
+
+
 def main(argv=None) -> int:
     args = get_args_parser().parse_args(argv)
     if args.table not in TABLES:
@@ -416,29 +435,46 @@ def main(argv=None) -> int:
     table, seeds = TABLES[args.table], seed_list(args)
     rows, gpus = chosen_rows(table, args.rows), devices(args.gpus)
     out = args.out or os.path.join("runs", "reproduce", args.table)
-    manifest = check_out_folder(out, args, seeds)
-    jobs = make_jobs(table, rows, seeds, args, out)
-    checked = check_first_run(jobs, gpus)
-    if args.dry_run:
-        for job in jobs:
-            resumes = "--resume" in job.argv and not job.stage
-            what = "done" if job.state == DONE else "to resume" if resumes else "to run"
-            print(f"{job.name}: {what}" + (f" (after {job.needs})" if job.needs else "")
-                  + f"\n  python {shlex.join(job.argv)}")
-        print(f"{plural(len(jobs), 'run')}, {sum(j.state == DONE for j in jobs)} done; devices: "
-              + (", ".join(f"GPU {g}" for g in gpus) if gpus[0] is not None else "the CPU")
-              + f", {args.per_gpu} at once on each"
-              + (f"; the first run's setup checked with:\n  {checked}" if checked else ""))
+    if args.dry_run:  # the whole plan first, then the check of the first run to start (exit 2 if it fails)
+        manifest = check_out_folder(out, args, seeds)
+        jobs = make_jobs(table, rows, seeds, args, out)
+        print_plan(jobs, gpus, args)
+        checked = check_first_run(jobs, gpus)
+        print(f"the first run's setup checked with:\n  {checked}" if checked else "no new run to check")
         return 0
-    os.makedirs(out, exist_ok=True)
+    made = not os.path.exists(out)
+    try:
+        os.makedirs(out, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--out {out!r} cannot be made: {exc.strerror}") from None
+    lock = RunLock(out, "sweep folder").acquire()  # one sweep per folder, for its whole life
+    try:
+        manifest = check_out_folder(out, args, seeds)
+        jobs = make_jobs(table, rows, seeds, args, out)
+        check_first_run(jobs, gpus)
+    except UsageError:
+        lock.release()
+        if made and not os.listdir(out):
+            os.rmdir(out)  # nothing started: nothing left behind either
+        raise
+    try:
+        return run_sweep(args, table, rows, seeds, gpus, out, manifest, jobs, argv)
+    finally:
+        lock.release()
+
+
+def run_sweep(args, table: Table, rows: List[Row], seeds: List[int], gpus: List[Optional[int]], out: str,
+              manifest: Dict, jobs: List[Job], argv) -> int:
+    """Run the jobs, then write the table; the record (manifest) is saved before anything is printed, and every
+    message also goes to OUT/sweep.log, so a sweep whose terminal closed loses nothing."""
+    say = SweepLog(os.path.join(out, "sweep.log"))
     manifest["seeds"] = sorted(set(manifest.get("seeds", [])) | set(seeds))
     write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1))
     todo = [j for j in jobs if j.state != DONE]
-    print(f"{titled(table, args, jobs)}: {plural(len(jobs), 'run')} ({len(jobs) - len(todo)} already done) in {out} on "
-          + (", ".join(f"GPU {g}" for g in gpus) if gpus[0] is not None else "the CPU")
-          + f", {args.per_gpu} at once on each; logs in {os.path.join(out, 'logs')}", flush=True)
-    stopped = Sweep(jobs, gpus, args.per_gpu, say=lambda m: print(m, flush=True),
-                    progress_every=args.progress_every).run()
+    say(f"{titled(table, args, jobs)}: {plural(len(jobs), 'run')} ({len(jobs) - len(todo)} already done) in {out} on "
+        + (", ".join(f"GPU {g}" for g in gpus) if gpus[0] is not None else "the CPU")
+        + f", {args.per_gpu} at once on each; logs in {os.path.join(out, 'logs')}")
+    stopped = Sweep(jobs, gpus, args.per_gpu, say=say, progress_every=args.progress_every).run()
     for job in jobs:
         if job.seconds:
             manifest["seconds"][job.name] = manifest["seconds"].get(job.name, 0.0) + job.seconds
@@ -448,17 +484,17 @@ def main(argv=None) -> int:
     write_text(os.path.join(out, "table.md"), text + "\n")
     write_csv(os.path.join(out, "table.csv"), result)
     figure = plot_reproduction(result, titled(table, args, jobs), os.path.join(out, "table.png"))
-    print("\n" + text + f"\n\nwritten: {os.path.join(out, 'table.md')}, table.csv"
-          + (", table.png" if figure else f"; no figure: {figure_note()}"))
+    say("\n" + text + f"\n\nwritten: {os.path.join(out, 'table.md')}, table.csv"
+        + (", table.png" if figure else f"; no figure: {figure_note()}"))
     if stopped is not None:
         again = "python " + shlex.join([os.path.relpath(os.path.abspath(__file__)), *(argv or sys.argv[1:])])
-        print(f"stopped; finished runs are kept and stopped ones saved their checkpoints. Continue with:\n  {again}",
-              file=sys.stderr)
+        say(f"stopped; finished runs are kept and stopped ones saved their checkpoints. Continue with:\n  {again}",
+            error=True)
         return 128 + stopped
     failed = [j.name for j in jobs if j.state == FAILED]
     if failed:
-        print(f"{plural(len(failed), 'run')} failed: {', '.join(failed)} (logs in {os.path.join(out, 'logs')})",
-              file=sys.stderr)
+        say(f"{plural(len(failed), 'run')} failed: {', '.join(failed)} (logs in {os.path.join(out, 'logs')})",
+            error=True)
         return 1
     return 0
 

@@ -164,15 +164,24 @@ def imbalance_factor(meta: Dict) -> str:
     return f"{max(counts) / min(counts):.4g}"
 
 
+def epochs_done(run: Dict) -> int:
+    return max((r["epoch"] for r in run["records"]), default=0)
+
+
 def one_run_per_seed(members: List[Dict]) -> Tuple[List[Dict], str]:
-    """The runs of one configuration with distinct seeds (the newest run of a repeated seed), and the
-    repeats as text, e.g. '3407 (2 runs)'."""
+    """The runs of one configuration with distinct seeds, and the repeats as text, e.g. '3407 (2 runs, 1
+    unfinished)'. A repeated seed counts its finished run: the one with the most epochs done, the newest
+    among those; an unfinished repeat is listed, never chosen over a finished run."""
     by_seed: "OrderedDict[int, List[Dict]]" = OrderedDict()
     for run in members:
         by_seed.setdefault(run["meta"]["args"]["seed"], []).append(run)
-    kept = [max(runs, key=lambda r: r["written"]) for runs in by_seed.values()]
-    repeats = ", ".join(f"{seed} ({len(runs)} runs)" for seed, runs in by_seed.items() if len(runs) > 1)
-    return kept, repeats
+    kept = [max(runs, key=lambda r: (epochs_done(r), r["written"])) for runs in by_seed.values()]
+    repeats = []
+    for seed, runs in by_seed.items():
+        if len(runs) > 1:
+            unfinished = sum(epochs_done(r) < r["meta"]["args"]["epochs"] for r in runs)
+            repeats.append(f"{seed} ({len(runs)} runs" + (f", {unfinished} unfinished)" if unfinished else ")"))
+    return kept, ", ".join(repeats)
 
 
 @dataclass

@@ -52,10 +52,20 @@ def test_bare_state_dict_and_mismatch_message(tmp_path):
         read_checkpoint(str(tmp_path / "junk.pth"))
 
 
-def test_best_is_a_link_to_its_epochs_file_that_the_next_epoch_leaves_alone(tmp_path):
+def test_each_checkpoint_name_is_a_file_of_its_own(tmp_path):
+    """Not hard links: one write into a copy in place (a user's torch.save(..., 'ckpt.best.pth.tar'), or a cp
+    over it) changes that name only."""
+    save_checkpoint({"epoch": 20, "state_dict": {"w": torch.ones(2)}}, str(tmp_path), is_best=True)
+    latest, best, copy = tmp_path / "ckpt.pth.tar", tmp_path / "ckpt.best.pth.tar", tmp_path / "20_ckpt.pth.tar"
+    assert len({os.stat(p).st_ino for p in (latest, best, copy)}) == 3
+    with open(best, "r+b") as f:
+        f.write(b"PK\x03\x04 overwritten")
+    assert read_checkpoint(str(latest))["epoch"] == 20 and read_checkpoint(str(copy))["epoch"] == 20
+
+
+def test_the_best_copy_stays_when_the_next_epoch_is_not_best(tmp_path):
     save_checkpoint({"epoch": 1, "state_dict": {"w": torch.ones(2)}}, str(tmp_path), is_best=True)
     latest, best = tmp_path / "ckpt.pth.tar", tmp_path / "ckpt.best.pth.tar"
-    assert os.stat(latest).st_ino == os.stat(best).st_ino  # not written a second time
     save_checkpoint({"epoch": 2, "state_dict": {"w": torch.zeros(2)}}, str(tmp_path), is_best=False)
     assert torch.load(best, weights_only=False)["epoch"] == 1 and torch.load(latest, weights_only=False)["epoch"] == 2
     assert sorted(os.listdir(tmp_path)) == ["ckpt.best.pth.tar", "ckpt.pth.tar"]

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from utils.errors import UsageError
-from utils.safe_files import TEMPORARY_PREFIX, check_regular, replace, write_atomically
+from utils.safe_files import write_atomically
 
 CHECKSUM = "checksum"
 
@@ -92,23 +92,6 @@ def atomic_copy(source: str, path: str) -> None:
     write_atomically(path, copy)
 
 
-def link_or_copy(source: str, path: str) -> None:
-    """`path` becomes the same file as `source`, atomically: a hard link (nothing written again; the next
-    `atomic_save` of `source` replaces its name with a new file, so `path` keeps this one), or a copy
-    where the file system has no hard links."""
-    check_regular(path)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f"{TEMPORARY_PREFIX}link_{os.getpid()}.pth.tar")
-    try:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        os.link(source, tmp)
-        replace(tmp, path)
-    except OSError:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
-        atomic_copy(source, path)
-
-
 def save_checkpoint(state: Dict, folder: str, is_best: bool, every: int = 20) -> str:
     """`ckpt.pth.tar` first (it marks the epoch done), then its copies: `ckpt.best.pth.tar` when
     best, `<epoch>_ckpt.pth.tar` every `every` epochs. Returns the latest checkpoint's path."""
@@ -117,8 +100,8 @@ def save_checkpoint(state: Dict, folder: str, is_best: bool, every: int = 20) ->
     copies = [BEST] if is_best else []
     if every and state["epoch"] % every == 0:
         copies.append(f"{state['epoch']}_{LATEST}")
-    for name in copies:
-        link_or_copy(latest, os.path.join(folder, name))
+    for name in copies:  # files of their own, not hard links: a write into one never changes another name
+        atomic_copy(latest, os.path.join(folder, name))
     return latest
 
 

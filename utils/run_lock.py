@@ -22,8 +22,8 @@ class RunLock:
     network file system may not carry the lock across machines): delete it once that run has ended.
     """
 
-    def __init__(self, folder: str) -> None:
-        self.path = os.path.join(folder, LOCK)
+    def __init__(self, folder: str, what: str = "run folder") -> None:
+        self.path, self.what = os.path.join(folder, LOCK), what
         self.fd: Optional[int] = None
         self.read_only = False  # opened read-only in a folder that cannot be written: it stays behind
 
@@ -40,7 +40,7 @@ class RunLock:
             except BlockingIOError:
                 os.close(fd)
                 pid = (self._holder() or {}).get("pid", "unknown")
-                raise UsageError(f"run folder {os.path.dirname(self.path)!r} is in use by process {pid} "
+                raise UsageError(f"{self.what} {os.path.dirname(self.path)!r} is in use by process {pid} "
                                  f"(lock file {self.path}); wait for it to end or stop it first") from None
             if not self._names(fd):  # its holder removed the file between our open and flock: take the new one
                 os.close(fd)
@@ -48,7 +48,7 @@ class RunLock:
             holder = self._holder() or {}
             if holder.get("host") not in (None, host) and holder.get("pid") is not None:
                 os.close(fd)
-                raise UsageError(f"run folder {os.path.dirname(self.path)!r} is in use by process {holder['pid']} "
+                raise UsageError(f"{self.what} {os.path.dirname(self.path)!r} is in use by process {holder['pid']} "
                                  f"on {holder['host']} (lock file {self.path}); if that process has ended, delete "
                                  "the lock file")
             self.fd = fd

@@ -6,8 +6,9 @@ from utils.errors import UsageError
 from utils.run_log import run_name
 
 
-def new_run_folder(root_log: str, name: str) -> str:
-    """Create `root_log/name`, or `name-2`, `name-3`, ... when that is taken."""
+def new_run_folder(root_log: str, name: str, exact: bool = False) -> str:
+    """Create `root_log/name`, or `name-2`, `name-3`, ... when that is taken; with `exact` (a name the user or
+    the sweep chose) a taken name stops (exit 2) instead: the run that holds it is not this one."""
     try:
         os.makedirs(root_log, exist_ok=True)
     except OSError as exc:
@@ -18,6 +19,9 @@ def new_run_folder(root_log: str, name: str) -> str:
             os.mkdir(folder)
             return folder
         except FileExistsError:
+            if exact:
+                raise UsageError(f"run folder {folder!r} already exists (--name {name}): continue that run with "
+                                 f"--resume {folder}, or give another --name") from None
             continue
         except OSError as exc:
             raise UsageError(f"cannot create run folder {folder!r} under --root_log: {exc.strerror}") from exc

@@ -242,9 +242,13 @@ def read_resume_checkpoint_file(path: str, trust: bool = False) -> Dict:
         if not good:
             raise CorruptCheckpoint(f"{exc}. No good copy is left in {folder!r}: start the run again") from None
         epoch, name = max(good)
+        # copied beside, then renamed over: a rename never writes into a file that another name shares (run
+        # folders of older versions hard-linked their copies), where a cp onto the name would
+        staged = shlex.quote(path + ".new")
         raise CorruptCheckpoint(f"{exc}. The newest good copy is {name} (epoch {epoch}); to continue from it "
                                 "(the epochs after it are trained again):\n"
-                                f"  cp {shlex.quote(os.path.join(folder, name))} {shlex.quote(path)}\n"
+                                f"  cp {shlex.quote(os.path.join(folder, name))} {staged}\n"
+                                f"  mv {staged} {shlex.quote(path)}\n"
                                 f"  python main.py --resume {shlex.quote(path)}") from None
 
 

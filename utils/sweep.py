@@ -2,10 +2,11 @@
 
 Each job is a normal child process with its own log file. A job may wait for another (a
 MaxNorm stage for the run it starts from); a job that fails is reported with its log's last
-lines and takes only its dependents down. The first SIGINT or SIGTERM is passed on once, as
-SIGTERM, to every running child (each saves its mid-epoch checkpoint and exits), and the
-sweep stops when they have. Children run in their own session, so a Ctrl-C typed in the
-terminal reaches them only through the sweep: a second signal would make them exit at once.
+lines and takes only its dependents down. The first SIGINT, SIGTERM or SIGHUP (a closed
+terminal) is passed on, as SIGTERM, to every running child (each saves its mid-epoch
+checkpoint and exits), and the sweep stops when they have; a second one is passed on too,
+and the children then exit at once. Children run in their own session, so a Ctrl-C typed in
+the terminal reaches them only through the sweep.
 
 The runs started at one moment share the CPU cores idle at that moment (`OMP_NUM_THREADS`,
 unless the user set it), so a run started later on a quieter machine gets more, and one started
@@ -70,6 +71,9 @@ class Job:
 PROGRESS = re.compile(r"^(?:stage )?epoch (?P<epoch>\d+)/(?P<epochs>\d+) step (?P<step>\d+)/(?P<steps>\d+)\b.*?"
                       r"(?P<rate>\d+) img/s", re.M)
 STAGE_EPOCH = re.compile(r"^stage epoch (\d+)/\d+:", re.M)
+# What main.py and the MaxNorm stage print when a signal stopped them after saving their state.
+STOPPED_LINE = re.compile(r"^(?:\[\w+\]:)?stopped by (?:SIG[A-Z]+|a signal to another process) (?:at|after) ",
+                          re.M)
 
 
 def log_tail(path: str, lines: int = 8) -> str:
@@ -78,6 +82,22 @@ def log_tail(path: str, lines: int = 8) -> str:
             return "".join(f.readlines()[-lines:]).rstrip()
     except OSError:
         return "(no log)"
+
+
+class SweepLog:
+    """The sweep's own messages: on the terminal while there is one, and always appended to `path`, so that
+    a sweep whose terminal closed (SIGHUP) still leaves its last lines and the command that continues it."""
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def __call__(self, message: str, error: bool = False) -> None:
+        with open_append(self.path) as f:
+            f.write(message + "\n")
+        try:
+            print(message, file=sys.stderr if error else sys.stdout, flush=True)
+        except OSError:  # the terminal is gone
+            pass
 
 
 class Sweep:
@@ -89,6 +109,7 @@ class Sweep:
         self.slots: List[Optional[int]] = [d for d in devices for _ in range(per_device)]
         self.free = list(range(len(self.slots)))
         self.stop_signal: Optional[int] = None
+        self.second_signal = False
         self.by_name = {job.name: job for job in jobs}
 
     # ------------------------------------------------------------ children
@@ -131,8 +152,9 @@ class Sweep:
         job.slots = []
         if code == 0:
             job.state = DONE
-        elif self.stop_signal is not None and code in (128 + signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGINT):
-            job.state = STOPPED
+        elif self.stop_signal is not None and (code in (128 + signal.SIGTERM, -signal.SIGTERM, 128 + signal.SIGINT)
+                                               or STOPPED_LINE.search(log_tail(job.log, 40))):
+            job.state = STOPPED  # torchrun exits 1 when its workers stop on a signal: their own words tell
         else:
             job.state, job.note = FAILED, f"exit {code}"
             self.say(f"{job.name} failed (exit {code}); the last lines of {job.log}:\n" + log_tail(job.log))
@@ -163,23 +185,31 @@ class Sweep:
     def _on_signal(self, signum, frame) -> None:
         if self.stop_signal is None:
             self.stop_signal = signum
-        else:  # a second signal: the children are already stopping; stop waiting for them
-            raise KeyboardInterrupt
+        else:  # a second signal: passed on, so the children stop at once; the sweep still ends in order
+            self.second_signal = True
+
+    def _signal_running(self) -> None:
+        for job in self.jobs:
+            if job.state == RUNNING:
+                try:
+                    os.killpg(job.proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
 
     def run(self) -> Optional[int]:
-        """Run every job; returns the signal number that stopped the sweep, or None when it ran out."""
-        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        last_line, forwarded = 0.0, False
+        """Run every job; returns the signal number that stopped the sweep, or None when it ran out. SIGINT,
+        SIGTERM and SIGHUP (a closed terminal) stop it alike: SIGTERM to every running child, which saves its
+        checkpoint; a second one makes them stop at once. Either way the sweep waits for them and returns."""
+        previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+        last_line, forwarded = 0.0, 0
         try:
             while True:
-                if self.stop_signal is not None and not forwarded:
-                    forwarded = True
+                if self.stop_signal is not None and forwarded < 1 + self.second_signal:
                     running = sum(j.state == RUNNING for j in self.jobs)
-                    self.say(f"stopping: SIGTERM to {plural(running, 'running run')}; "
-                             "each saves its checkpoint")
-                    for job in self.jobs:
-                        if job.state == RUNNING:
-                            os.killpg(job.proc.pid, signal.SIGTERM)
+                    self.say(f"stopping: SIGTERM to {plural(running, 'running run')}; each saves its checkpoint"
+                             if not forwarded else f"second signal: the {plural(running, 'running run')} stop now")
+                    forwarded += 1
+                    self._signal_running()
                 finished = False
                 for job in self.jobs:
                     if job.state == RUNNING and job.proc.poll() is not None:
