@@ -46,6 +46,7 @@ from utils.checkpoint import LATEST  # noqa: E402
 from utils.metrics_log import read_metrics  # noqa: E402
 from utils.run_log import tidy_floats  # noqa: E402
 from utils.safe_files import write_text  # noqa: E402
+from utils.intervals import mean_interval  # noqa: E402
 from utils.run_lock import RunLock  # noqa: E402
 from utils.sweep import DONE, FAILED, Job, Sweep, SweepLog  # noqa: E402
 
@@ -334,6 +335,7 @@ def table_rows(table: Table, rows: List[Row], seeds: List[int], out: str, args, 
                 if "many" in cell.published else "",
                 "n": len(figures["best"]), "best_mean": best_mean, "best_std": best_std,
                 "diff": None if published is None or best_mean is None else best_mean - published,
+                **difference_interval(figures["best"], published),
                 "last_mean": last_mean, "last_std": last_std,
                 **{g: mean_std(v)[0] for g, v in figures["groups"].items()},
                 "minutes_per_run": mean_std(figures["minutes"])[0],
@@ -341,6 +343,26 @@ def table_rows(table: Table, rows: List[Row], seeds: List[int], out: str, args, 
                 "curves": figures["curves"],
             })
     return result
+
+
+def difference_interval(bests: List[float], published: Optional[float]) -> Dict:
+    """The 95 % interval (Student's t over the seeds) of the best top-1's mean minus the published value, and
+    whether the published value lies inside the interval of the mean; empty below two seeds."""
+    interval = mean_interval(bests) if published is not None else None
+    if interval is None:
+        return {"diff_low": None, "diff_high": None, "published_inside": None}
+    low, high = interval
+    return {"diff_low": low - published, "diff_high": high - published, "published_inside": low <= published <= high}
+
+
+def difference_text(r: Dict) -> str:
+    """'-1.20 [-3.05, +0.65], inside' or '-77.75' (one seed) or '—'."""
+    if r["diff"] is None:
+        return "—"
+    if r["diff_low"] is None:
+        return f"{r['diff']:+.2f}"
+    return (f"{r['diff']:+.2f} [{r['diff_low']:+.2f}, {r['diff_high']:+.2f}], "
+            + ("inside" if r["published_inside"] else "outside"))
 
 
 def run_network(job: Job) -> Optional[Tuple[str, Optional[int]]]:
@@ -377,28 +399,29 @@ def pm(mean: Optional[float], std: Optional[float]) -> str:
 
 
 def markdown(title: str, table: Table, rows: List[Dict], seeds: List[int], args) -> str:
-    head = ["row", "column", "published", "top-1 best (mean ± std)", "n", "best − published", "top-1 last",
+    head = ["row", "column", "published", "top-1 best (mean ± std)", "n", "best − published [95 % CI]", "top-1 last",
             "many", "medium", "few", "minutes per run", "not done"]
     lines = [f"# {title}", "",
              f"Seeds {','.join(map(str, seeds))}" + (f"; main.py flags added: `{args.extra}`" if args.extra else "")
              + (f"; MaxNorm stage flags added: `{args.maxnorm_extra}`" if args.maxnorm_extra else "") + ".",
              BEST_NOTE + "; many/medium/few are the last epoch's (for + MaxNorm, the stage's last epoch), "
              "means over seeds ('empty': the test set has no class in that group; '—': no finished run); std is "
-             "the sample standard deviation.", "",
+             "the sample standard deviation. The 95 % interval of best − published is Student's t over the seeds "
+             "(n >= 2); 'inside' when the published value lies within the interval of the measured mean.", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         published = fmt(r["published"]) + (f" ({r['published_groups']})" if r["published_groups"] else "")
         lines.append("| " + " | ".join([
             r["row"], r["column"], published or "—", pm(r["best_mean"], r["best_std"]), str(r["n"]),
-            (f"{r['diff']:+.2f}" if r["diff"] is not None else "—"), pm(r["last_mean"], r["last_std"]),
+            difference_text(r), pm(r["last_mean"], r["last_std"]),
             *(fmt(r[g]) or ("empty" if r["n"] else "—") for g in ("many", "medium", "few")),
             fmt(r["minutes_per_run"], ".1f"), r["missing"]]) + " |")
     lines += ["", "Columns: " + "; ".join(f"{k}: {v}" for k, v in table.columns.items()) + "."]
     return "\n".join(lines)
 
 
-CSV_FIELDS = ["row", "column", "published", "n", "best_mean", "best_std", "diff", "last_mean", "last_std", "many",
-              "medium", "few", "minutes_per_run", "missing"]
+CSV_FIELDS = ["row", "column", "published", "n", "best_mean", "best_std", "diff", "diff_low", "diff_high",
+              "published_inside", "last_mean", "last_std", "many", "medium", "few", "minutes_per_run", "missing"]
 
 
 def write_csv(path: str, rows: List[Dict]) -> None:
@@ -406,7 +429,8 @@ def write_csv(path: str, rows: List[Dict]) -> None:
     writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r[k] is None else tidy_floats(r[k])) for k in CSV_FIELDS})
+        writer.writerow({k: "" if r[k] is None else int(r[k]) if isinstance(r[k], bool) else tidy_floats(r[k])
+                         for k in CSV_FIELDS})
     write_text(path, text.getvalue())
 
 

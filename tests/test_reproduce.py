@@ -57,16 +57,18 @@ def weights(out):
 def test_table_rows_seeds_and_differences_to_the_published_values(whole):
     out, stdout = whole
     rows = list(csv.DictReader(open(out / "table.csv")))
-    assert [(r["row"], r["column"]) for r in rows] == [
-        ("CIFAR-10-LT, IF 100", "glmc"), ("CIFAR-10-LT, IF 100", "updated"), ("CIFAR-10-LT, IF 100", "maxnorm"),
-        ("CIFAR-10-LT, IF 10", "glmc"), ("CIFAR-10-LT, IF 10", "updated"), ("CIFAR-10-LT, IF 10", "maxnorm")]
-    published = {"CIFAR-10-LT, IF 100": (87.75, 88.49, 89.58), "CIFAR-10-LT, IF 10": (94.04, 94.85, 95.00)}
+    columns = ["glmc", "updated", "maxnorm", "glmc-maxnorm"]
+    assert [(r["row"], r["column"]) for r in rows] == [(row, c) for row in ("CIFAR-10-LT, IF 100", "CIFAR-10-LT, IF 10")
+                                                       for c in columns]
+    # the paper, the README's update, its + MaxNorm, and the README's GLMC + MaxNorm on the paper's split
+    published = {"CIFAR-10-LT, IF 100": (87.75, 88.49, 89.58, 87.57), "CIFAR-10-LT, IF 10": (94.04, 94.85, 95.00, 94.03)}
     for r in rows:
         assert r["n"] == "2" and r["missing"] == ""
-        assert float(r["published"]) == published[r["row"]][["glmc", "updated", "maxnorm"].index(r["column"])]
+        assert float(r["published"]) == published[r["row"]][columns.index(r["column"])]
         name = {"CIFAR-10-LT, IF 100": "cifar10-if100", "CIFAR-10-LT, IF 10": "cifar10-if10"}[r["row"]]
-        if r["column"] == "maxnorm":
-            bests = [json.load(open(out / "runs" / f"{name}-updated-s{s}" / "eval"
+        if r["column"].endswith("maxnorm"):  # the stage on the updated (maxnorm) or the glmc runs
+            base = "updated" if r["column"] == "maxnorm" else "glmc"
+            bests = [json.load(open(out / "runs" / f"{name}-{base}-s{s}" / "eval"
                                     / "maxnorm-best-epochs2-best.json"))["top1"] for s in (1, 2)]
         else:
             bests = [max(json.loads(line)["top1"] for line in open(out / "runs" / f"{name}-{r['column']}-s{s}"
@@ -74,12 +76,18 @@ def test_table_rows_seeds_and_differences_to_the_published_values(whole):
         assert float(r["best_mean"]) == pytest.approx(statistics.mean(bests))
         assert float(r["best_std"]) == pytest.approx(statistics.stdev(bests))
         assert float(r["diff"]) == pytest.approx(statistics.mean(bests) - float(r["published"]))
+        # 95 % interval of the difference, by hand: t(0.975, 1 degree of freedom) = 12.7062, std / sqrt(2)
+        half = 12.7062 * statistics.stdev(bests) / 2 ** 0.5
+        assert float(r["diff_low"]) == pytest.approx(statistics.mean(bests) - half - float(r["published"]))
+        assert float(r["diff_high"]) == pytest.approx(statistics.mean(bests) + half - float(r["published"]))
+        assert r["published_inside"] == str(int(abs(statistics.mean(bests) - float(r["published"])) <= half))
     assert len(glob.glob(str(out / "runs" / "*"))) == 8  # 2 rows x 2 training columns x 2 seeds: nothing twice
+    assert "--seed 2" in (out / "logs" / "cifar10-if10-glmc-maxnorm-s2.log").read_text().splitlines()[0]
     assert "chosen on the test set" in (out / "table.md").read_text()
     # the runs' own network (from their folders) in the title and the banner, beside the published one
     network = "CIFAR-10-LT, runs with ResNet-32 width 8 (published: ResNet-32 (width 64, as released))"
     assert (out / "table.md").read_text().startswith(f"# {network}\n")
-    assert stdout.startswith(f"{network} — main.py flags added: {EXTRA}: 12 runs")
+    assert stdout.startswith(f"{network} — main.py flags added: {EXTRA}: 16 runs")
     # progress lines name each running run's epoch, step and images per second
     assert re.search(r"running \(cifar10-\S+ epoch \d/2 step \d+/\d+, \d+ img/s", stdout), stdout
     try:  # matplotlib is optional: without it the table is still written, and the figure's absence is said
@@ -95,7 +103,7 @@ def test_an_interrupted_sweep_continues_to_the_same_weights_and_table(whole, tin
     proc = subprocess.Popen(command(tiny_root, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
     for line in proc.stdout:
-        if " 2/12 done" in line:  # two runs finished, two more under way
+        if " 2/16 done" in line:  # two runs finished, two more under way
             proc.send_signal(signal.SIGTERM)
             break
     _, err = proc.communicate(timeout=600)
@@ -119,7 +127,7 @@ def test_a_failing_run_is_reported_and_the_others_finish(tiny_root, tmp_path):
     (broken / "ckpt.pth.tar").write_bytes(b"not a checkpoint")
     code, stdout, stderr = sweep(tiny_root, out, rows="cifar10-if100")
     assert code == 1
-    assert "cifar10-if100-updated-s2 failed (exit 2)" in stdout and "cannot read checkpoint" in stdout
+    assert "cifar10-if100-updated-s2 failed (exit 2)" in stdout and "is not a PyTorch checkpoint" in stdout
     rows = {r["column"]: r for r in csv.DictReader(open(out / "table.csv"))}
     assert rows["glmc"]["n"] == "2" and rows["updated"]["n"] == "1" and rows["maxnorm"]["n"] == "1"
     assert "s2 (failed)" in rows["updated"]["missing"] and "s2 (skipped)" in rows["maxnorm"]["missing"]
