@@ -10,12 +10,15 @@ column, `split="replacement"`).
 """
 import os
 import pickle
+import shutil
+import tempfile
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
 from utils.errors import UsageError
+from utils.run_lock import RunLock
 
 CIFAR_INFO: Dict[str, Dict] = {
     "cifar10": {
@@ -105,12 +108,14 @@ def missing_data_message(root: str, dataset: str, reason: str) -> str:
 
 
 def download_cifar(root: str, dataset: str) -> None:
-    """Download and unpack the release into `root`, as the released code does.
+    """Download and unpack the release into `root`, as the released code does, safely with any number of
+    processes doing the same (the runs of a sweep, ranks of several jobs):
 
-    When that fails, nothing is left behind: the partial archive and unpacked files are
-    removed, and so are the folders that the download created.
+    - a lock on `root` lets one process download at a time; the others wait, then find the release there;
+    - the archive is fetched and unpacked in a temporary folder of `root` and renamed into place, so that
+      nobody ever reads a half-written file;
+    - a failure removes that temporary folder and the folders this process created, never a file of another.
     """
-    import shutil
     from torchvision.datasets.utils import download_and_extract_archive
 
     url = CIFAR_INFO[dataset]["url"]
@@ -118,21 +123,35 @@ def download_cifar(root: str, dataset: str) -> None:
     while not os.path.exists(folder):
         created.append(folder)
         folder = os.path.dirname(folder)
-    before = set(os.listdir(root)) if os.path.isdir(root) else set()
-    print(f"{dataset} not found: downloading {url} into {os.path.abspath(root)}", flush=True)
     try:
-        download_and_extract_archive(url, download_root=root)
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(missing_data_message(root, dataset, f"the folder cannot be made: {exc.strerror}")) from exc
+    lock = RunLock(root, "data root").wait(lambda message: print(message + " (it is downloading the data)",
+                                                                  flush=True))
+    tmp, failure = None, None
+    try:
+        if find_cifar_folder(root, dataset):  # another process downloaded it while this one waited
+            return
+        print(f"{dataset} not found: downloading {url} into {os.path.abspath(root)}", flush=True)
+        tmp = tempfile.mkdtemp(prefix=".download_", dir=root)
+        download_and_extract_archive(url, download_root=tmp)
+        for name in os.listdir(tmp):  # the unpacked folder and the archive, each renamed whole into place
+            if not os.path.exists(os.path.join(root, name)):
+                os.rename(os.path.join(tmp, name), os.path.join(root, name))
     except Exception as exc:  # any network or archive failure ends in the same advice
-        if os.path.isdir(root):
-            for name in set(os.listdir(root)) - before:
-                path = os.path.join(root, name)
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
-        for folder in created:  # deepest first
+        failure = exc
+    finally:
+        if tmp:
+            shutil.rmtree(tmp, ignore_errors=True)
+        lock.release()
+    if failure is not None:
+        for folder in created:  # deepest first, while this process's folders are empty
             try:
                 os.rmdir(folder)
             except OSError:
                 break
-        raise UsageError(missing_data_message(root, dataset, f"download failed: {exc}")) from exc
+        raise UsageError(missing_data_message(root, dataset, f"download failed: {failure}")) from failure
 
 
 def _read_pickle(path: str) -> dict:

@@ -1,4 +1,5 @@
 import os
+import time
 import pickle
 
 import numpy as np
@@ -250,3 +251,56 @@ def test_a_release_short_of_images_for_the_counts_is_refused(tmp_path):
     pickle.dump(entry, open(path, "wb"))
     with pytest.raises(UsageError, match="which cannot give the long-tailed counts"):
         load_cifar_lt(str(tmp_path), "cifar10", 1.0, "released", 1, download=False)
+
+
+@pytest.mark.slow
+def test_three_processes_downloading_into_one_root_all_read_the_release(tmp_path):
+    """Three processes find no CIFAR-10 under one root and download it at once from a local server (slowed,
+    so that they overlap): one downloads, the others wait for it, and every one reads the whole release."""
+    import http.server
+    import subprocess
+    import sys
+    import tarfile
+    import threading
+    from tests.conftest import ROOT, write_cifar
+
+    source = tmp_path / "source"
+    write_cifar(str(source), train_per_class=10, test_per_class=2)
+    archive = tmp_path / "served" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(source / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    requests = []
+
+    class SlowHandler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(archive.parent), **kwargs)
+
+        def do_GET(self):
+            requests.append(self.path)
+            time.sleep(1.0)
+            super().do_GET()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), SlowHandler)
+    server.handle_error = lambda request, address: None  # torchvision's redirect probe hangs up early
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/cifar-10-python.tar.gz"
+    root = tmp_path / "data"
+    script = (f"import sys; sys.path.insert(0, {ROOT!r})\n"
+              "import datasets.cifar_lt as c\n"
+              f"c.CIFAR_INFO['cifar10']['url'] = {url!r}\n"
+              f"d = c.load_cifar_lt({str(root)!r}, 'cifar10', 0.1, 'released', 0)\n"
+              "print('train images', len(d['train'].labels))\n")
+    try:
+        procs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                  text=True) for _ in range(3)]
+        results = [p.communicate(timeout=300) + (p.returncode,) for p in procs]
+    finally:
+        server.shutdown()
+    assert [code for _, _, code in results] == [0, 0, 0], [err for _, err, _ in results]
+    assert requests and sum("not found: downloading" in out for out, _, _ in results) == 1  # the others waited
+    assert sorted(os.listdir(root)) == ["cifar-10-batches-py", "cifar-10-python.tar.gz"]  # no lock, no leftovers
+    assert sum("waiting: data root" in out for out, _, _ in results) == 2

@@ -116,7 +116,7 @@ def test_a_copied_run_folder_counts_once(tmp_path):
     os.utime(copy / "metrics.jsonl", (2e9, 2e9))  # written last: the copy stands for seed 3407
     make_run(tmp_path, "b", 1, [20.0, 30.0])
     (row,) = table(tmp_path)
-    assert row["seeds"] == "3407,1" and row["repeated seeds"] == "3407 (2 runs)"
+    assert row["seeds"] == "3407,1" and row["repeated seeds"] == "3407 (2 runs, 2 unfinished)"  # 2 of 3 epochs
     assert stat(row, LAST) == (21.0, pytest.approx(statistics.stdev([12, 30])), 2)
 
 
@@ -184,3 +184,15 @@ def test_no_split_column_where_every_run_has_the_same_split(tmp_path):
     make_run(tmp_path, "a", 1, [10.0], split="released")
     make_run(tmp_path, "b", 2, [12.0], split="released")
     assert "split" not in table(tmp_path)[0]
+
+
+def test_a_newer_unfinished_repeat_never_replaces_the_finished_run(tmp_path):
+    """A finished 3-epoch run (best 19.50) and a newer run of the same configuration and seed stopped after
+    epoch 1 (11.00): the seed's figure is the finished run's, and the repeat is listed as unfinished."""
+    import os
+    make_run(tmp_path, "finished", 3407, [11.0, 19.5, 18.0])
+    newer = make_run(tmp_path, "stopped", 3407, [11.0])
+    os.utime(newer / "metrics.jsonl", (2e9, 2e9))  # written last
+    (row,) = table(tmp_path)
+    assert stat(row, BEST) == (19.5, None, 1) and stat(row, LAST) == (18.0, None, 1)
+    assert row["repeated seeds"] == "3407 (2 runs, 1 unfinished)" and row["runs complete"] == "1/1"

@@ -4,12 +4,17 @@ import json
 import os
 import socket
 import sys
+import time
 from typing import Dict, Optional
 
 from utils.errors import UsageError, WriteFailed
 from utils.safe_files import LinkRefused, open_no_follow
 
 LOCK = ".lock"
+
+
+class LockBusy(UsageError):
+    """The lock is held by another live process (exit 2 where nobody waits for it)."""
 
 
 class RunLock:
@@ -40,7 +45,7 @@ class RunLock:
             except BlockingIOError:
                 os.close(fd)
                 pid = (self._holder() or {}).get("pid", "unknown")
-                raise UsageError(f"{self.what} {os.path.dirname(self.path)!r} is in use by process {pid} "
+                raise LockBusy(f"{self.what} {os.path.dirname(self.path)!r} is in use by process {pid} "
                                  f"(lock file {self.path}); wait for it to end or stop it first") from None
             if not self._names(fd):  # its holder removed the file between our open and flock: take the new one
                 os.close(fd)
@@ -48,13 +53,25 @@ class RunLock:
             holder = self._holder() or {}
             if holder.get("host") not in (None, host) and holder.get("pid") is not None:
                 os.close(fd)
-                raise UsageError(f"{self.what} {os.path.dirname(self.path)!r} is in use by process {holder['pid']} "
+                raise LockBusy(f"{self.what} {os.path.dirname(self.path)!r} is in use by process {holder['pid']} "
                                  f"on {holder['host']} (lock file {self.path}); if that process has ended, delete "
                                  "the lock file")
             self.fd = fd
             self._write_holder(host)
             return self
         raise UsageError(f"could not take the lock {self.path}; another process keeps taking it")
+
+    def wait(self, say, poll: float = 0.5) -> "RunLock":
+        """Take the lock, waiting for as long as another process holds it (`say` tells once who it is)."""
+        told = False
+        while True:
+            try:
+                return self.acquire()
+            except LockBusy as busy:
+                if not told:
+                    say(f"waiting: {busy}".split("; wait for it")[0])
+                    told = True
+                time.sleep(poll)
 
     def _open(self) -> int:
         """The lock file, opened without following a link (a `.lock` that links elsewhere stops, exit 2)."""
