@@ -138,3 +138,46 @@ TABLES: Dict[str, Table] = {
         {"standard": "GLMC, ResNet-32 width 16, --split cao"}, network=("resnet32", 16),
         network_words="ResNet-32 at width 16"),
 }
+
+
+# ---------------------------------------------------------------- the released models
+
+@dataclass(frozen=True)
+class ReleasedModel:
+    """A model the authors released, evaluated as it is by test.py beside the figures published for it."""
+    name: str  # the row; `<name>.pth.tar` (or .pth) in --checkpoints is its checkpoint, or ROW=FILE says which
+    label: str
+    test_flags: str  # test.py flags that rebuild its test set and training counts, and its network
+    published: Dict[str, float]  # {"top1": ..., "many": ...}
+    link: str  # where the authors' README links it
+
+
+def _drive(file_id: str) -> str:
+    return f"https://drive.google.com/file/d/{file_id}/view?usp=share_link"
+
+
+CIFAR_RELEASED_IDS = {  # the "GLMC(Updated)" links of the authors' README update of 2023/5/23
+    ("cifar100", 100): "1QNusy82tFNCK_Urz7cdztpHRV-9gQoW3", ("cifar100", 50): "1QEoDpwIDnK57vK-DPU6wjIYTxoG3dj98",
+    ("cifar100", 10): "1ZOqNwi83dW4Rj3lsEE_xuVFQMYAKrhjc", ("cifar10", 100): "1doBLTL9-Y1Sv_2BZ-OFcFlt3rL0JxqZ0",
+    ("cifar10", 50): "1n7ieuDZSMODeAs20kutBbEncn3RUavqe", ("cifar10", 10): "1YYxqUR90J1ab0UKs4S2Qb09yi_9jFOjD",
+}
+RELEASED: Tuple[ReleasedModel, ...] = tuple(
+    ReleasedModel(f"{data}-if{imbalance}", f"{'CIFAR-10-LT' if data == 'cifar10' else 'CIFAR-100-LT'}, IF "
+                  f"{imbalance}, GLMC updated",
+                  f"--dataset {data} -a resnet32 --num_classes {10 if data == 'cifar10' else 100} --imbanlance_rate "
+                  f"{1 / imbalance:g}", {"top1": CIFAR_PUBLISHED[(data, imbalance)][1]},
+                  _drive(file_id))
+    for (data, imbalance), file_id in CIFAR_RELEASED_IDS.items()) + (
+    ReleasedModel("imagenet-lt-glmc", "ImageNet-LT, GLMC",
+                  "--dataset ImageNet-LT -a resnext50_32x4d --num_classes 1000",
+                  {"many": 70.1, "medium": 52.4, "few": 30.4, "top1": 56.3},
+                  _drive("1om0ZRuC0PYrYHA1mAsdxm31RYQ_sqDUc")),
+    ReleasedModel("imagenet-lt-bs", "ImageNet-LT, GLMC + BS",
+                  "--dataset ImageNet-LT -a resnext50_32x4d --num_classes 1000",
+                  {"many": 64.76, "medium": 55.67, "few": 42.19, "top1": 57.21},
+                  _drive("1GILBAR5fPcpICtM6uUwmYGkEN11wyEOV")),
+    ReleasedModel("inat2018-glmc", "iNaturalist 2018, GLMC",
+                  "--dataset iNaturelist2018 -a resnext50_32x4d --num_classes 8142",
+                  {"many": 64.60, "medium": 73.16, "few": 73.01, "top1": 72.21},
+                  _drive("1dcE1eJaRAtMmIF3qTzALnMzTb9AbC3mb")),
+)

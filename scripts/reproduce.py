@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from scripts.maxnorm_stage import get_args_parser as stage_parser, stage_options, variant_slug  # noqa: E402
+from scripts import released_models  # noqa: E402
 from scripts.results import read_run  # noqa: E402
 from utils.config import Parser  # noqa: E402
 from utils.errors import UsageError, tidy_message  # noqa: E402
@@ -59,7 +60,11 @@ BEST_NOTE = ("top-1 best is the best test accuracy over epochs (chosen on the te
 def get_args_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("table", help="one of: " + ", ".join(TABLES))
+    parser.add_argument("table", help="one of: " + ", ".join(TABLES) + "; or released: the authors' released models")
+    parser.add_argument("assign", nargs="*", metavar="ROW=FILE",
+                        help="released only: the checkpoint of a row, where its file is not named <row>.pth.tar")
+    parser.add_argument("--checkpoints", default=None,
+                        help="released only: the folder of the downloaded models, each named <row>.pth.tar")
     seeds = parser.add_mutually_exclusive_group()
     seeds.add_argument("--seeds", type=int, default=None, help="seeds 1..N (default 3)")
     seeds.add_argument("--seed_list", default=None, help="comma-separated seeds, e.g. 1,2,3")
@@ -449,9 +454,14 @@ def print_plan(jobs: List[Job], gpus: List[Optional[int]], args) -> None:
 
 
 def main(argv=None) -> int:
-    args = get_args_parser().parse_args(argv)
+    args = get_args_parser().parse_intermixed_args(argv)  # ROW=FILE arguments may follow the flags
+    if args.table == "released":
+        return released_models.run(args.checkpoints, args.assign, args.root,
+                                   args.out or os.path.join("runs", "reproduce", "released"), args.rows, args.dry_run)
+    if args.assign or args.checkpoints:
+        raise UsageError("ROW=FILE arguments and --checkpoints are for the released table only")
     if args.table not in TABLES:
-        raise UsageError(f"unknown table {args.table!r}; the tables: {', '.join(TABLES)}")
+        raise UsageError(f"unknown table {args.table!r}; the tables: {', '.join(TABLES)}, released")
     if args.per_gpu < 1:
         raise UsageError(f"--per_gpu {args.per_gpu} must be 1 or more")
     check_extra_flags(args.extra, "--extra")

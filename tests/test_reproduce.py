@@ -163,3 +163,38 @@ def test_a_folder_of_another_table_stops_with_exit_2(whole, capsys):
         reproduce.cli(["cifar100-lt", "--out", str(whole[0])])
     err = capsys.readouterr().err
     assert exc.value.code == 2 and "holds a sweep made with table 'cifar10-lt', not 'cifar100-lt'" in err
+
+
+def test_the_released_models_table_evaluates_downloaded_checkpoints_beside_the_published_figures(tiny_root, tmp_path,
+                                                                                                   capsys):
+    """Checkpoints in the released layout (DataParallel's `module.` names, epoch and best_acc1 only): one named
+    after its row, one given as ROW=FILE; a row without a file is listed with its link; a model whose data is
+    missing stops everything before anything is evaluated."""
+    from models import build_model
+    folder = tmp_path / "downloads"
+    folder.mkdir()
+    for name, seed in (("cifar10-if100.pth.tar", 0), ("mine.pth", 1)):
+        torch.manual_seed(seed)
+        state = {"module." + k: v for k, v in build_model("resnet32", 10, 64).state_dict().items()}
+        torch.save({"epoch": 200, "state_dict": state, "best_acc1": 88.0}, folder / name)
+    out = tmp_path / "out"
+    argv = ["released", "--checkpoints", str(folder), "--root", tiny_root, "--out", str(out),
+            "--rows", "cifar10-if100,cifar10-if10,imagenet-lt-glmc", f"cifar10-if10={folder / 'mine.pth'}"]
+    with pytest.raises(SystemExit) as exited:
+        reproduce.cli(argv)
+    printed = capsys.readouterr().out
+    assert exited.value.code == 0, printed
+    assert "imagenet-lt-glmc: not found; download it from https://drive.google.com/file/d/1om0ZRuC0PYrYHA1mAsdxm31RYQ" \
+           in printed
+    table = (out / "released.md").read_text()
+    for row, published, name in (("CIFAR-10-LT, IF 100", 88.49, "cifar10-if100"), ("CIFAR-10-LT, IF 10", 94.85,
+                                                                                     "cifar10-if10")):
+        top1 = json.load(open(out / f"{name}.json"))["top1"]
+        line = next(line for line in table.splitlines() if line.startswith(f"| {row}, GLMC updated |"))
+        assert f"| {published:.2f} | {top1:.2f} | {top1 - published:+.2f} |" in line
+    assert "| ImageNet-LT, GLMC | — | 56.30 | — | not found | — / — / — (70.10 / 52.40 / 30.40) |" in table
+    with pytest.raises(SystemExit) as exited:  # no CIFAR-10 under this root: nothing is evaluated
+        reproduce.cli(["released", "--checkpoints", str(folder), "--root", str(tmp_path / "empty"), "--out",
+                       str(tmp_path / "out2"), "--rows", "cifar10-if100"])
+    assert exited.value.code == 2 and "the data of these models is missing" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
