@@ -399,7 +399,7 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
     description = describe_run(args, data.train_counts, data.class_names, data.fingerprint, variant_tag(args),
                                evaluation_head(args.method, args.fixed_alpha, args.epochs), world.size, sources,
                                (checkpoint_description(checkpoint) or {}).get("run_id") if checkpoint else None,
-                               torch.get_num_threads())
+                               torch.get_num_threads(), data.source_fingerprint)
     if checkpoint:
         check_training_set(checkpoint_description(checkpoint), data.fingerprint, args.root, args.resume)
     preflight_note = None

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from datasets.cifar_lt import CIFAR_INFO, load_cifar_lt
+from datasets.cifar_lt import CIFAR_INFO, find_cifar_folder, load_cifar_lt, read_cifar_split
 from datasets.image_files import (ImageFileDataset, collate_fn_for, find_eval_split, read_image_list,
                                    scan_class_folders)
 from datasets.loaders import ImageArrayDataset, TrainLoader, class_counts
@@ -44,6 +44,9 @@ class DataBundle:
     class_names: Optional[List[str]] = None
     files: List[Tuple[str, List[str]]] = field(default_factory=list)  # (name, paths) for the preflight check
     fingerprint: str = ""  # identifies the training images and labels (not where they are stored)
+    # identifies the data the training set is drawn from, whatever the seed: the whole CIFAR release's training
+    # images (each seed draws its own long-tailed subset), else the training set itself
+    source_fingerprint: str = ""
 
 
 def class_count_line(counts: List[int], names: Optional[List[str]] = None) -> str:
@@ -124,7 +127,8 @@ def build_data(args, views: int = 2) -> DataBundle:
         test = ImageArrayDataset(arrays["test"].images, arrays["test"].labels, cifar_test_transform(args.dataset))
         return DataBundle(train, test, counts, num_classes, image_size=32,
                           class_names=arrays["class_names"],
-                          fingerprint=fingerprint_arrays(arrays["train"].images, arrays["train"].labels))
+                          fingerprint=fingerprint_arrays(arrays["train"].images, arrays["train"].labels),
+                          source_fingerprint=fingerprint_arrays(arrays["release"].images, arrays["release"].labels))
 
     if not os.path.isdir(args.root):
         raise UsageError(f"--root {args.root!r} is not a folder; for {args.dataset} it holds the images "
@@ -153,9 +157,28 @@ def build_data(args, views: int = 2) -> DataBundle:
     size = args.image_size
     train = ImageFileDataset(train_paths, train_labels, wrap(large_train_transform(size, stats)), skip_bad=skip)
     test = ImageFileDataset(test_paths, test_labels, large_test_transform(size, stats), skip_bad=skip)
+    fingerprint = fingerprint_files(train_paths, train_labels, args.root)
     return DataBundle(train, test, counts, num_classes, size, names,
                       files=[("training images", train_paths), ("test images", test_paths)],
-                      fingerprint=fingerprint_files(train_paths, train_labels, args.root))
+                      fingerprint=fingerprint, source_fingerprint=fingerprint)
+
+
+def source_fingerprint(dataset: str, root: str) -> Optional[str]:
+    """The `source_fingerprint` runs of `dataset` under `root` record, computed without building a run's data
+    (None when the data is not there): the CIFAR release's training images, or the default training list."""
+    if dataset in CIFAR_INFO:
+        folder = find_cifar_folder(root, dataset)
+        if folder is None:
+            return None
+        release = read_cifar_split(folder, dataset, "train")
+        return fingerprint_arrays(release.images, release.labels)
+    if dataset in LIST_DATASETS:
+        train_list = default_list_paths(dataset, root)[0]
+        if not os.path.isfile(train_list):
+            return None
+        paths, labels = read_image_list(train_list, root, LIST_DATASETS[dataset][0], "--dir_train_txt")
+        return fingerprint_files(paths, labels, root)
+    return None
 
 
 def plain_training_set(data: DataBundle) -> Dataset:

@@ -200,7 +200,8 @@ def read_class_names(folder: str, dataset: str) -> Optional[List[str]]:
 
 def load_cifar_lt(root: str, dataset: str, rate: float, split: str, seed: int,
                   download: bool = True) -> Dict:
-    """The long-tailed training set, the full balanced test set and the class names (None if unknown)."""
+    """The long-tailed training set, the full balanced test set, the class names (None if unknown) and the
+    release's whole training set (`release`: what the long-tailed subsets of every seed are drawn from)."""
     folder = find_cifar_folder(root, dataset)
     if folder is None and download:
         download_cifar(root, dataset)
@@ -219,4 +220,4 @@ def load_cifar_lt(root: str, dataset: str, rate: float, split: str, seed: int,
                          f"which cannot give the long-tailed counts {counts}")
     keep = select_long_tailed(train.labels, counts, split, seed)
     return {"train": ImageArray(train.images[keep], train.labels[keep]), "test": test,
-            "class_names": read_class_names(folder, dataset)}
+            "class_names": read_class_names(folder, dataset), "release": train}

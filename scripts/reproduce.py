@@ -36,6 +36,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import torch  # noqa: E402
 
 from scripts.maxnorm_stage import get_args_parser as stage_parser, stage_options, variant_slug  # noqa: E402
+from datasets import source_fingerprint  # noqa: E402
 from scripts import released_models  # noqa: E402
 from scripts.results import read_run  # noqa: E402
 from utils.config import Parser  # noqa: E402
@@ -123,8 +124,29 @@ def chosen_rows(table: Table, rows: Optional[str]) -> List[Row]:
     return [r for r in table.rows if r.name in names]
 
 
-def check_out_folder(out: str, args, seeds: List[int]) -> Dict:
-    """The sweep's manifest; a folder holding another table's sweep, or one made with other flags, stops."""
+def data_sets(rows: List[Row]) -> List[str]:
+    """The data sets the rows' training cells use (their --dataset)."""
+    return sorted({last_flag(shlex.split(cell.flags), "--dataset") for row in rows for cell in row.cells
+                   if not cell.is_stage} - {None})
+
+
+def check_data(manifest: Dict, rows: List[Row], root: str, out: str) -> None:
+    """The data under `root` must be the data the sweep's runs were trained on: each data set's fingerprint (the
+    CIFAR release's training images, the training list) is recorded the first time and compared after."""
+    recorded = manifest.setdefault("data", {})
+    for dataset in data_sets(rows):
+        now = source_fingerprint(dataset, root)
+        if now and recorded.get(dataset) and recorded[dataset] != now:
+            raise UsageError(f"--out {out!r} holds runs trained on other {dataset} data than the one under --root "
+                             f"{root!r} (fingerprint {recorded[dataset][:12]} recorded, {now[:12]} there): its runs "
+                             "would be averaged with these. Use another --out, or the data they were trained on")
+        if now:
+            recorded.setdefault(dataset, now)
+
+
+def check_out_folder(out: str, args, seeds: List[int], rows: List[Row]) -> Dict:
+    """The sweep's manifest; a folder holding another table's sweep, or one made with other flags, another data
+    root or other data, stops."""
     path = os.path.join(out, MANIFEST)
     settings = {"table": args.table, "extra": args.extra, "maxnorm_extra": args.maxnorm_extra,
                 "root": os.path.abspath(args.root)}
@@ -138,6 +160,7 @@ def check_out_folder(out: str, args, seeds: List[int]) -> Dict:
                 raise UsageError(f"--out {out!r} holds a sweep made with {what} {manifest.get(key)!r}, not {value!r}: "
                                  "its runs would be mixed with these in one table. Use another --out, or the same "
                                  "settings to continue it")
+        check_data(manifest, rows, args.root, out)
         return manifest
     runs = os.path.join(out, "runs")
     names = {f"{row.name}-{cell.column}" for row in TABLES[args.table].rows for cell in row.cells}
@@ -146,7 +169,9 @@ def check_out_folder(out: str, args, seeds: List[int]) -> Dict:
         if foreign:
             raise UsageError(f"--out {out!r} holds runs of another table ({', '.join(sorted(foreign)[:3])}); "
                              "use another --out")
-    return {**settings, "seconds": {}}
+    manifest = {**settings, "seconds": {}}
+    check_data(manifest, rows, args.root, out)
+    return manifest
 
 
 def last_flag(argv: List[str], flag: str) -> Optional[str]:
@@ -287,15 +312,24 @@ def mean_std(values: List[float]):
     return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def cell_figures(row: Row, cell: Cell, seeds: List[int], out: str, args, seconds: Dict[str, float]) -> Dict:
-    """Figures of one cell over its seeds: best and last top-1, many/medium/few, minutes, per-epoch curves."""
+def other_data(meta: Dict, data: Dict[str, str]) -> bool:
+    """Whether a run (its args.json) was trained on other data than the sweep's: never averaged with its runs."""
+    trained_on = meta.get("data_fingerprint")
+    return bool(trained_on) and trained_on != data.get(meta["args"].get("dataset"), trained_on)
+
+
+def cell_figures(row: Row, cell: Cell, seeds: List[int], out: str, args, seconds: Dict[str, float],
+                 data: Dict[str, str]) -> Dict:
+    """Figures of one cell over its seeds: best and last top-1, many/medium/few, minutes, per-epoch curves;
+    a run trained on other data than the sweep's (`data`: fingerprint per data set) is left out."""
     best, last, groups, curves, minutes = [], [], {"many": [], "medium": [], "few": []}, {}, []
     done = 0
     for seed in seeds:
         name = f"{row.name}-{cell.column}-s{seed}"
         if cell.is_stage:
-            paths = stage_reports(os.path.join(out, "runs", f"{row.name}-{cell.flags}-s{seed}"), args.maxnorm_extra)
-            if not all(os.path.isfile(p) for p in paths.values()):
+            base = os.path.join(out, "runs", f"{row.name}-{cell.flags}-s{seed}")
+            paths = stage_reports(base, args.maxnorm_extra)
+            if not all(os.path.isfile(p) for p in paths.values()) or other_data((read_run(base) or {})["meta"], data):
                 continue
             reports = {w: json.load(open(p)) for w, p in paths.items()}
             best.append(reports["best"]["top1"])
@@ -305,7 +339,10 @@ def cell_figures(row: Row, cell: Cell, seeds: List[int], out: str, args, seconds
             run_dir = os.path.join(out, "runs", name)
             if not run_finished(run_dir):
                 continue
-            records = read_run(run_dir)["records"]
+            run = read_run(run_dir)
+            if other_data(run["meta"], data):
+                continue
+            records = run["records"]
             best.append(max(r["top1"] for r in records))
             last.append(records[-1]["top1"])
             final = records[-1]
@@ -324,12 +361,12 @@ def fmt(value: Optional[float], spec: str = ".2f") -> str:
 
 
 def table_rows(table: Table, rows: List[Row], seeds: List[int], out: str, args, jobs: List[Job],
-               seconds: Dict[str, float]) -> List[Dict]:
+               seconds: Dict[str, float], data: Dict[str, str]) -> List[Dict]:
     state = {j.name: j.state for j in jobs}
     result = []
     for row in rows:
         for cell in row.cells:
-            figures = cell_figures(row, cell, seeds, out, args, seconds)
+            figures = cell_figures(row, cell, seeds, out, args, seconds, data)
             best_mean, best_std = mean_std(figures["best"])
             last_mean, last_std = mean_std(figures["last"])
             published = cell.published.get("top1")
@@ -470,7 +507,7 @@ def main(argv=None) -> int:
     rows, gpus = chosen_rows(table, args.rows), devices(args.gpus)
     out = args.out or os.path.join("runs", "reproduce", args.table)
     if args.dry_run:  # the whole plan first, then the check of the first run to start (exit 2 if it fails)
-        manifest = check_out_folder(out, args, seeds)
+        manifest = check_out_folder(out, args, seeds, rows)
         jobs = make_jobs(table, rows, seeds, args, out)
         print_plan(jobs, gpus, args)
         checked = check_first_run(jobs, gpus)
@@ -483,7 +520,7 @@ def main(argv=None) -> int:
         raise UsageError(f"--out {out!r} cannot be made: {exc.strerror}") from None
     lock = RunLock(out, "sweep folder").acquire()  # one sweep per folder, for its whole life
     try:
-        manifest = check_out_folder(out, args, seeds)
+        manifest = check_out_folder(out, args, seeds, rows)
         jobs = make_jobs(table, rows, seeds, args, out)
         check_first_run(jobs, gpus)
     except UsageError:
@@ -513,7 +550,7 @@ def run_sweep(args, table: Table, rows: List[Row], seeds: List[int], gpus: List[
         if job.seconds:
             manifest["seconds"][job.name] = manifest["seconds"].get(job.name, 0.0) + job.seconds
     write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1))
-    result = table_rows(table, rows, seeds, out, args, jobs, manifest["seconds"])
+    result = table_rows(table, rows, seeds, out, args, jobs, manifest["seconds"], manifest.get("data", {}))
     text = markdown(titled(table, args, jobs, flags=False), table, result, seeds, args)
     write_text(os.path.join(out, "table.md"), text + "\n")
     write_csv(os.path.join(out, "table.csv"), result)

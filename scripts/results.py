@@ -144,6 +144,8 @@ def config_key(meta: Dict) -> str:
     config["data_seed"] = data_seed_of(meta)
     if meta["args"].get("dataset") not in CIFAR:  # the images themselves: another folder is another data set
         config["training set"] = meta.get("train_fingerprint") or meta["args"].get("root")
+    elif meta.get("data_fingerprint"):  # the release the seeds draw from: another copy is other data
+        config["training data"] = meta["data_fingerprint"]
     return json.dumps(config, sort_keys=True, default=str)
 
 

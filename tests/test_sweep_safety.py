@@ -1,5 +1,6 @@
 """A sweep never loses, mixes or mislabels a run: two sweeps on one folder, a closed terminal, a second
 Ctrl-C, another data root, a torchrun row stopped by a signal, a dry run without data."""
+import json
 import os
 import signal
 import subprocess
@@ -131,3 +132,28 @@ def test_a_name_the_sweep_gives_is_never_taken_twice(tmp_path, data_root, capsys
     code, _, err = cli(train_script, argv, capsys)
     assert code == 2 and "run folder" in err and "already exists (--name x)" in err and "--resume" in err
     assert sorted(os.listdir(tmp_path / "runs")) == ["x"]
+
+
+def test_other_data_under_the_same_root_is_refused(root, tmp_path, capsys):
+    """The record holds each data set's fingerprint (the CIFAR release's training images): the same --out and
+    --root holding other images stop with exit 2, so a seed added later never joins runs of other data."""
+    out = tmp_path / "out"
+    argv = ["cifar10-lt", "--root", root, "--out", str(out), "--rows", "cifar10-if100", "--dry_run"]
+    manifest = reproduce.check_out_folder(str(out), reproduce.get_args_parser().parse_args(argv), [1],
+                                          reproduce.chosen_rows(reproduce.TABLES["cifar10-lt"], "cifar10-if100"))
+    assert set(manifest["data"]) == {"cifar10"}
+    out.mkdir()
+    (out / reproduce.MANIFEST).write_text(json.dumps({**manifest, "data": {"cifar10": "0" * 40}}))
+    with pytest.raises(SystemExit) as exited:
+        reproduce.cli(argv)
+    err = capsys.readouterr().err
+    assert exited.value.code == 2 and "holds runs trained on other cifar10 data" in err and "000000000000" in err
+
+
+def test_results_never_average_runs_of_other_data(tmp_path):
+    from tests.test_results_tool import make_run, table
+    for name, seed, data in (("a", 1, "x" * 40), ("b", 2, "x" * 40), ("c", 3, "y" * 40)):
+        folder = make_run(tmp_path, name, seed, [10.0 * seed])
+        meta = json.loads((folder / "args.json").read_text())
+        (folder / "args.json").write_text(json.dumps({**meta, "data_fingerprint": data}))
+    assert sorted(r["seeds"] for r in table(tmp_path)) == ["1,2", "3"]

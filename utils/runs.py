@@ -69,16 +69,18 @@ def code_version() -> Optional[str]:
 def describe_run(args: argparse.Namespace, train_counts: List[int], class_names: Optional[List[str]],
                  train_fingerprint: str, variant: str, eval_head: Tuple[str, str], world_size: int,
                  flag_sources: Optional[Dict[str, str]] = None, run_id: Optional[str] = None,
-                 cpu_threads: Optional[int] = None) -> Dict:
+                 cpu_threads: Optional[int] = None, data_fingerprint: str = "") -> Dict:
     """Everything that defines a run: written to args.json and into every checkpoint. `eval_head` is
     (the classifier every evaluation of the run uses, why); `flag_sources` says where each value came
     from: 'given', 'preset' (the paper's value for the data set) or 'default'; `run_id` names the run
     (a resumed run keeps its own; a new run gets a random one); `cpu_threads` is the intra-op thread
-    count the run computes with (a resume keeps it: utils.speed.choose_threads)."""
+    count the run computes with (a resume keeps it: utils.speed.choose_threads); `data_fingerprint` names the
+    data the training set is drawn from whatever the seed (results and tables never average across two)."""
     return {"run_id": run_id or uuid.uuid4().hex, "args": dict(vars(args)), "data_root": os.path.abspath(args.root),
             "variant": variant, "eval_head": eval_head[0], "eval_head_reason": eval_head[1], "world_size": world_size,
             "train_counts": list(train_counts), "class_names": class_names, "train_fingerprint": train_fingerprint,
-            "code_version": code_version(), "flag_sources": dict(flag_sources or {}), "cpu_threads": cpu_threads}
+            "code_version": code_version(), "flag_sources": dict(flag_sources or {}), "cpu_threads": cpu_threads,
+            "data_fingerprint": data_fingerprint}
 
 
 def checkpoint_description(checkpoint: Dict) -> Optional[Dict]:
