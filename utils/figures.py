@@ -36,13 +36,15 @@ def plot_reproduction(cells: List[Dict], title: str, path: str) -> bool:
         ax = fig.add_subplot(grid[i, 0])
         in_row = [c for c in cells if c["row"] == row]
         last_epoch = max((len(curve) for c in in_row for curve in c["curves"].values()), default=1)
+        stages = [c["column"] for c in in_row if not c["curves"]]  # each stage column its own place after the last
         for c in in_row:
             colour = colours[c["column"]]
             for curve in c["curves"].values():
                 ax.plot(range(1, len(curve) + 1), curve, color=colour, alpha=0.8, lw=1.2, marker="o", ms=3,
                         label=f"{c['column']}: each seed")
             if not c["curves"] and c.get("last_mean") is not None:  # just after the last epoch: it comes after it
-                ax.plot([last_epoch + 0.25], [c["last_mean"]], marker="D", ls="none", color=colour,
+                ax.plot([last_epoch + 0.15 + 0.15 * stages.index(c["column"])], [c["last_mean"]], marker="D",
+                        ls="none", color=colour,
                         label=f"{c['column']}: after the stage (mean, last stage epoch)")
             if c["published"] is not None:
                 ax.axhline(c["published"], color=colour, ls="--", lw=1, label=f"{c['column']}: published")
