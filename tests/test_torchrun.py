@@ -113,3 +113,46 @@ def test_a_killed_worker_costs_part_of_an_epoch_and_changes_nothing(tmp_path):
     for seed in (1, 2):
         assert whole[seed][0] == killed[seed][0] == 2
         assert all(torch.equal(whole[seed][1][k], killed[seed][1][k]) for k in whole[seed][1])
+
+
+def test_the_first_host_of_a_slurm_host_list_and_the_variables_of_an_srun_task():
+    from utils.distributed import first_host, slurm_environment
+    assert [first_host(h) for h in ("gpu[03-05,07],cpu1", "a,b", "node-a[1-2]", "single")] == [
+        "gpu03", "a", "node-a1", "single"]
+    task = {"SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4",
+            "SLURM_STEP_NODELIST": "gpu[07-08]", "SLURM_JOB_ID": "4242"}
+    assert slurm_environment(task) == {"RANK": "3", "WORLD_SIZE": "4", "LOCAL_RANK": "1", "MASTER_ADDR": "gpu07",
+                                       "MASTER_PORT": str(15000 + 4242 % 20000)}
+    # a batch script's own process (no step of several tasks) and torchrun's workers are left alone
+    assert slurm_environment({"SLURM_PROCID": "0", "SLURM_NTASKS": "8"}) == {}
+    assert slurm_environment({**task, "WORLD_SIZE": "2"}) == {}
+
+
+@pytest.mark.slow
+def test_main_py_as_the_tasks_of_an_srun_step_equals_torchrun(tmp_path):
+    """Two processes started with the variables srun gives its tasks (no torchrun) form the process group
+    and train to the same final weights as torchrun's two processes."""
+    import socket
+    root = str(tmp_path / "data")
+    write_cifar(root, train_per_class=20, test_per_class=3)
+    argv = [os.path.join(ROOT, "main.py"), *TINY_TRAIN, "--root", root, "--epochs", "1", "--name", "run"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                           *argv, "--root_log", str(tmp_path / "torchrun")], capture_output=True, text=True,
+                          timeout=300, cwd=ROOT, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    with socket.socket() as s:  # a free port for the step's rendezvous
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    tasks = [subprocess.Popen([sys.executable, *argv, "--root_log", str(tmp_path / "srun")], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, cwd=ROOT,
+                              env={**env, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank), "SLURM_NTASKS": "2",
+                                   "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NODELIST": "localhost",
+                                   "SLURM_JOB_ID": "7", "MASTER_PORT": str(port)})
+             for rank in range(2)]
+    outputs = [task.communicate(timeout=300) for task in tasks]
+    assert [task.returncode for task in tasks] == [0, 0], outputs[0][1][-2000:]
+    assert "2 processes" in outputs[0][0]
+    one, two = (torch.load(tmp_path / launcher / "run" / "ckpt.pth.tar", weights_only=False)["state_dict"]
+                for launcher in ("torchrun", "srun"))
+    assert all(torch.equal(one[k], two[k]) for k in one)

@@ -1,9 +1,12 @@
 """Multi-process training with torchrun (DistributedDataParallel): one process per GPU.
 
-`torchrun --nproc_per_node=N main.py ...` sets RANK / WORLD_SIZE / LOCAL_RANK; a
-plain `python main.py` is a world of one and none of this does anything.
+`torchrun --nproc_per_node=N main.py ...` sets RANK / WORLD_SIZE / LOCAL_RANK; so does
+`srun main.py ...` on a Slurm cluster, through `slurm_environment` (each task a process of
+the group, the first node of the step its rendezvous); a plain `python main.py` is a world
+of one and none of this does anything.
 """
 import os
+import re
 import socket
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, TypeVar
@@ -31,6 +34,30 @@ class World:
         return self.rank == 0
 
 
+def first_host(nodelist: str) -> str:
+    """The first host of a Slurm host list: 'gpu[03-05,07],cpu1' -> 'gpu03', 'a,b' -> 'a'."""
+    match = re.match(r"([^,\[]+)(?:\[([^\]]+)\])?", nodelist.strip())
+    if not match:
+        raise UsageError(f"cannot read the Slurm host list {nodelist!r}")
+    prefix, ranges = match.groups()
+    return prefix + (ranges.split(",")[0].split("-")[0] if ranges else "")
+
+
+def slurm_environment(env=None) -> dict:
+    """torchrun's variables from Slurm's, for the tasks of an `srun` step that no torchrun started: RANK is
+    SLURM_PROCID, WORLD_SIZE the step's task count, LOCAL_RANK SLURM_LOCALID, MASTER_ADDR the step's first
+    node and MASTER_PORT one derived from the job id (each unless already set). Empty outside an srun step
+    of several tasks (a batch script's own process is no task of a step) and under torchrun."""
+    env = os.environ if env is None else env
+    tasks = int(env.get("SLURM_STEP_NUM_TASKS", "1") or 1)
+    if "WORLD_SIZE" in env or "SLURM_PROCID" not in env or tasks <= 1:
+        return {}
+    nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "localhost"
+    return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": str(tasks), "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
+            "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(nodes),
+            "MASTER_PORT": env.get("MASTER_PORT") or str(15000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000)}
+
+
 def init_world() -> World:
     """Join the process group that torchrun describes: NCCL on GPUs, gloo on the CPU.
 
@@ -40,6 +67,7 @@ def init_world() -> World:
     group's restart count: torchrun's static rendezvous keeps one store for every restart, and a
     restarted group could otherwise read the addresses the lost group published and hang on them.
     """
+    os.environ.update(slurm_environment())  # under srun, the variables torchrun would have set
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size <= 1:
         return World()
