@@ -3,8 +3,10 @@ group restarted by `--max_restarts` continuing its run folder by itself."""
 import glob
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -13,7 +15,7 @@ import torch.multiprocessing as mp
 
 from tests.conftest import ROOT, TINY_TRAIN, write_cifar
 from utils import torchrun_restarts
-from utils.distributed import World, main_rank_first
+from utils.distributed import World, first_host, main_rank_first, slurm_environment
 from utils.errors import UsageError
 
 
@@ -116,7 +118,6 @@ def test_a_killed_worker_costs_part_of_an_epoch_and_changes_nothing(tmp_path):
 
 
 def test_the_first_host_of_a_slurm_host_list_and_the_variables_of_an_srun_task():
-    from utils.distributed import first_host, slurm_environment
     assert [first_host(h) for h in ("gpu[03-05,07],cpu1", "a,b", "node-a[1-2]", "single")] == [
         "gpu03", "a", "node-a1", "single"]
     task = {"SLURM_PROCID": "3", "SLURM_LOCALID": "1", "SLURM_STEP_NUM_TASKS": "4", "SLURM_NTASKS": "4",
@@ -132,7 +133,6 @@ def test_the_first_host_of_a_slurm_host_list_and_the_variables_of_an_srun_task()
 def test_main_py_as_the_tasks_of_an_srun_step_equals_torchrun(tmp_path):
     """Two processes started with the variables srun gives its tasks (no torchrun) form the process group
     and train to the same final weights as torchrun's two processes."""
-    import socket
     root = str(tmp_path / "data")
     write_cifar(root, train_per_class=20, test_per_class=3)
     argv = [os.path.join(ROOT, "main.py"), *TINY_TRAIN, "--root", root, "--epochs", "1", "--name", "run"]
@@ -162,8 +162,6 @@ def two_nodes(root_log, data_root, tmp_path, kill_at=None):
     """Two torchrun agents on this machine acting as two nodes (c10d rendezvous, gloo, one process each,
     `--max_restarts 1`) train `--seeds 1,2`; with `kill_at`, SIGKILL the worker of rank 1 when a line starting so
     appears (after seed 1 is done). Returns both agents' output."""
-    import socket
-    import time
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
