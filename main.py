@@ -380,8 +380,9 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
                          f"{world.size} processes")
     continue_after_restart(args, world)
     checkpoint = read_resume_checkpoint(args, world)
+    resumed = (checkpoint_description(checkpoint) or {}) if checkpoint else {}  # the run being continued
     if checkpoint:
-        sources = (checkpoint_description(checkpoint) or {}).get("flag_sources", {})
+        sources = resumed.get("flag_sources", {})
     args.data_seed = data_seed(args)
     if checkpoint and checkpoint["epoch"] >= args.epochs and not checkpoint.get("in_epoch"):
         if world.is_main:
@@ -389,8 +390,7 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
         return None
     seed_everything(args.seed)
     device = select_device(world.local_rank if world.enabled and torch.cuda.is_available() else args.gpu)
-    threads = set_threads(args.threads, (checkpoint_description(checkpoint) or {}).get("cpu_threads")
-                          if checkpoint else None)
+    threads = set_threads(args.threads, resumed.get("cpu_threads"))
     if device.type == "cpu" and not checkpoint:
         threads += "; the CPU's figures depend on the thread count, so a resume keeps it"
     data = main_rank_first(world, lambda: build_data(args, views=1 if args.method == "ce" else 2),
@@ -398,15 +398,15 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
     args.num_classes = data.num_classes
     description = describe_run(args, data.train_counts, data.class_names, data.fingerprint, variant_tag(args),
                                evaluation_head(args.method, args.fixed_alpha, args.epochs), world.size, sources,
-                               (checkpoint_description(checkpoint) or {}).get("run_id") if checkpoint else None,
-                               torch.get_num_threads(), data.source_fingerprint)
+                               resumed.get("run_id"), torch.get_num_threads(), data.source_fingerprint)
     if checkpoint:
-        check_training_set(checkpoint_description(checkpoint), data.fingerprint, args.root, args.resume)
+        check_training_set(resumed, data.fingerprint, args.root, args.resume)
     preflight_note = None
     if data.files:  # a broken data setup is reported in seconds, before anything is written
         start = time.time()
         preflight_note = preflight(data.files) + f" ({time.time() - start:.1f} s)"
-    images = step_images(args.batch_size, world.size, sum(data.train_counts))
+    train_images = sum(data.train_counts)
+    images = step_images(args.batch_size, world.size, train_images)
     memory = estimate_training_memory(lambda: build_model(args.arch, data.num_classes, args.width), data.image_size,
                                       images, args.method != "ce", args.amp)
     if not (args.dry_run or args.no_memory_check):  # a dry run informs and goes on with its other checks
@@ -416,7 +416,7 @@ def train(args: argparse.Namespace, world: World, sources: Dict[str, str]) -> Op
     if checkpoint:
         load_weights(model, checkpoint["state_dict"], args.resume)
 
-    capped = (f" (-b {args.batch_size} is more than the {sum(data.train_counts)} training images, so a step holds "
+    capped = (f" (-b {args.batch_size} is more than the {train_images} training images, so a step holds "
               f"{images} per process)" if images < args.batch_size // world.size else "")
     notes = [threads, f"{memory.describe()}{capped}: {memory_verdict(memory, device)[1]}"
              + ("; --no_memory_check" if args.no_memory_check else "")] + ([preflight_note] if preflight_note else [])

@@ -50,6 +50,7 @@ from utils.run_log import tidy_floats  # noqa: E402
 from utils.safe_files import write_text  # noqa: E402
 from utils.intervals import mean_interval  # noqa: E402
 from utils.run_lock import RunLock  # noqa: E402
+from utils.runs import read_args_json  # noqa: E402
 from utils.sweep import DONE, FAILED, Job, Sweep, SweepLog  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -412,12 +413,9 @@ def run_network(job: Job) -> Optional[Tuple[str, Optional[int]]]:
     command line (the last -a and --width win, as in main.py); None for a MaxNorm stage or an unknown -a."""
     if job.stage:
         return None
-    try:
-        with open(os.path.join(job.run_dir, "args.json")) as f:
-            recorded = json.load(f)["args"]
+    recorded = (read_args_json(job.run_dir) or {}).get("args") or {}
+    if recorded.get("arch"):
         return recorded["arch"], recorded.get("width")
-    except (OSError, ValueError, KeyError, TypeError):
-        pass
     arch = last_flag(job.argv, "-a") or last_flag(job.argv, "--arch")
     width = last_flag(job.argv, "--width")
     return (arch, int(width) if width else 64) if arch else None

@@ -8,13 +8,17 @@ import time
 from typing import Dict, Optional
 
 from utils.errors import UsageError, WriteFailed
-from utils.safe_files import LinkRefused, open_no_follow
+from utils.safe_files import open_no_follow
 
 LOCK = ".lock"
 
 
 class LockBusy(UsageError):
-    """The lock is held by another live process (exit 2 where nobody waits for it)."""
+    """The lock is held by another live process (exit 2 where nobody waits for it); `holder` names it."""
+
+    def __init__(self, message: str, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
 
 
 class RunLock:
@@ -46,7 +50,8 @@ class RunLock:
                 os.close(fd)
                 pid = (self._holder() or {}).get("pid", "unknown")
                 raise LockBusy(f"{self.what} {os.path.dirname(self.path)!r} is in use by process {pid} "
-                                 f"(lock file {self.path}); wait for it to end or stop it first") from None
+                               f"(lock file {self.path}); wait for it to end or stop it first",
+                               f"process {pid}") from None
             if not self._names(fd):  # its holder removed the file between our open and flock: take the new one
                 os.close(fd)
                 continue
@@ -54,8 +59,8 @@ class RunLock:
             if holder.get("host") not in (None, host) and holder.get("pid") is not None:
                 os.close(fd)
                 raise LockBusy(f"{self.what} {os.path.dirname(self.path)!r} is in use by process {holder['pid']} "
-                                 f"on {holder['host']} (lock file {self.path}); if that process has ended, delete "
-                                 "the lock file")
+                               f"on {holder['host']} (lock file {self.path}); if that process has ended, delete "
+                               "the lock file", f"process {holder['pid']} on {holder['host']}")
             self.fd = fd
             self._write_holder(host)
             return self
@@ -69,7 +74,7 @@ class RunLock:
                 return self.acquire()
             except LockBusy as busy:
                 if not told:
-                    say(f"waiting: {busy}".split("; wait for it")[0])
+                    say(f"waiting: {self.what} {os.path.dirname(self.path)!r} is in use by {busy.holder}")
                     told = True
                 time.sleep(poll)
 
@@ -77,9 +82,7 @@ class RunLock:
         """The lock file, opened without following a link (a `.lock` that links elsewhere stops, exit 2)."""
         try:
             return open_no_follow(self.path, os.O_RDWR | os.O_CREAT)
-        except LinkRefused:
-            raise
-        except OSError as exc:
+        except OSError as exc:  # (a link is refused by open_no_follow with exit 2, never read-only opened)
             try:  # a read-only folder: an existing lock file can still be locked (the write check then stops)
                 fd = open_no_follow(self.path, os.O_RDONLY)
                 self.read_only = True

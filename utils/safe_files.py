@@ -91,22 +91,15 @@ def open_no_follow(path: str, flags: int, mode: int = 0o644) -> int:
     return fd
 
 
-def open_append(path: str, binary: bool = False) -> IO:
-    """Open `path` for appending (created if missing) as a regular file, never through a link."""
-    fd = open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT)
-    return os.fdopen(fd, "ab" if binary else "a")
+def open_append(path: str) -> IO:
+    """Open `path` for appending text (created if missing) as a regular file, never through a link."""
+    return os.fdopen(open_no_follow(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT), "a")
 
 
 def make_folder(path: str) -> None:
     """`os.makedirs(path, exist_ok=True)`, refusing a `path` that is a link (to a folder or anything else)."""
     check_folder(path)
     os.makedirs(path, exist_ok=True)
-
-
-def replace(tmp: str, path: str) -> None:
-    """Rename `tmp` over `path`, once `path` is checked to be a regular file or absent."""
-    check_regular(path)
-    os.replace(tmp, path)
 
 
 def write_atomically(path: str, write) -> None:
@@ -125,7 +118,8 @@ def write_atomically(path: str, write) -> None:
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, FILE_MODE)
-            replace(tmp, path)
+            check_regular(path)  # again: a link planted while it was written is refused, not renamed over
+            os.replace(tmp, path)
         except BaseException:
             if tmp and os.path.lexists(tmp):
                 os.remove(tmp)
