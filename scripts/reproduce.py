@@ -25,7 +25,6 @@ import io
 import json
 import os
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -51,7 +50,10 @@ from utils.safe_files import write_text  # noqa: E402
 from utils.intervals import mean_interval  # noqa: E402
 from utils.run_lock import RunLock  # noqa: E402
 from utils.runs import read_args_json  # noqa: E402
+from utils.run_names import clear_unstarted_run  # noqa: E402
 from utils.sweep import DONE, FAILED, Job, Sweep, SweepLog  # noqa: E402
+from utils.cluster import ClusterOptions, parse_extra, submit  # noqa: E402
+from utils.cluster_state import load_submitit  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST = "reproduce.json"
@@ -80,8 +82,50 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rows", default=None, help="comma-separated row names, to run part of the table "
                                                      "(default: every row; --dry_run lists them)")
     parser.add_argument("--progress_every", type=float, default=60.0, help="seconds between progress lines (60)")
-    parser.add_argument("--dry_run", action="store_true", help="list the runs, their state and commands; run nothing")
+    parser.add_argument("--dry_run", action="store_true", help="list the runs, their state and commands; run nothing "
+                                                               "(with --cluster: the job scripts; submit nothing)")
+    cluster = parser.add_argument_group(
+        "on a cluster (needs submitit)",
+        "Every run becomes a cluster job in its own run folder under --out (a shared file system); training runs "
+        "go in one job array, each MaxNorm stage waits for its base run's job. The command ends once the jobs "
+        "are queued; the same command again shows each run's state, submits what is neither done nor queued "
+        "nor running, and writes the table from what has finished. A job warned of its time limit or "
+        "pre-empted saves its checkpoint and is re-queued, and continues from there by itself.")
+    cluster.add_argument("--cluster", choices=["slurm", "local"], default=None,
+                         help="slurm: submit to Slurm; local: submitit's local executor, real processes on this "
+                              "machine, to try a table's submission (default: run here, as above)")
+    cluster.add_argument("--timeout_min", type=int, default=24 * 60,
+                         help="each job's time limit in minutes (default 1440); a run that needs longer goes on in "
+                              "re-queued jobs")
+    cluster.add_argument("--gpus_per_run", type=int, default=None,
+                         help="GPUs per node of a training run's job, one process each (default: 8 for "
+                              "imagenet-lt and inat2018, 1 otherwise; 0 for nodes without GPUs)")
+    cluster.add_argument("--nodes_per_run", type=int, default=1, help="nodes of a training run's job (default 1)")
+    cluster.add_argument("--slurm_partition", default=None, help="sbatch --partition")
+    cluster.add_argument("--slurm_account", default=None, help="sbatch --account")
+    cluster.add_argument("--slurm_qos", default=None, help="sbatch --qos")
+    cluster.add_argument("--slurm_constraint", default=None, help="sbatch --constraint")
+    cluster.add_argument("--slurm_extra", action="append", default=[], metavar="KEY=VALUE",
+                         help="any other sbatch option, e.g. --slurm_extra mem=64G --slurm_extra cpus-per-task=10")
     return parser
+
+
+SLURM_ONLY = ("slurm_partition", "slurm_account", "slurm_qos", "slurm_constraint", "slurm_extra")
+MULTI_GPU_TABLE_GPUS = 8  # the GPUs the paper's ImageNet-LT and iNaturalist runs are given by default
+
+
+def cluster_options(args, table: Table) -> ClusterOptions:
+    """The --cluster flags, checked against the rest of the command."""
+    given = [f"--{k}" for k in SLURM_ONLY if getattr(args, k)]
+    if given and args.cluster != "slurm":
+        raise UsageError(f"{', '.join(given)} {'is' if len(given) == 1 else 'are'} for --cluster slurm")
+    if args.gpus is not None or args.per_gpu != 1:
+        raise UsageError("--gpus and --per_gpu choose this machine's GPUs; with --cluster, use --gpus_per_run")
+    gpus = args.gpus_per_run if args.gpus_per_run is not None else MULTI_GPU_TABLE_GPUS if table.torchrun else 1
+    options = ClusterOptions(args.cluster, args.timeout_min, gpus, args.nodes_per_run, args.slurm_partition,
+                             args.slurm_account, args.slurm_qos, args.slurm_constraint, parse_extra(args.slurm_extra))
+    options.check()
+    return options
 
 
 def seed_list(args) -> List[int]:
@@ -277,9 +321,8 @@ def make_jobs(table: Table, rows: List[Row], seeds: List[int], args, out: str) -
                     job.state = DONE
                 elif os.path.isfile(os.path.join(run_dir, LATEST)):
                     job.argv = argv + ["--resume", run_dir]
-                elif os.path.isdir(run_dir) and not args.dry_run:
-                    RunLock(run_dir).acquire().release()  # in use by a process of its own: stop, delete nothing
-                    shutil.rmtree(run_dir)  # stopped before its first checkpoint: nothing to keep
+                elif not args.dry_run and not args.cluster:  # (a cluster job clears it where it starts)
+                    clear_unstarted_run(run_dir)  # stopped before its first checkpoint: nothing to keep
                 jobs.append(job)
     return jobs
 
@@ -502,12 +545,20 @@ def main(argv=None) -> int:
     check_extra_flags(args.extra, "--extra")
     check_extra_flags(args.maxnorm_extra, "--maxnorm_extra")
     table, seeds = TABLES[args.table], seed_list(args)
-    rows, gpus = chosen_rows(table, args.rows), devices(args.gpus)
+    rows = chosen_rows(table, args.rows)
+    if args.cluster:
+        load_submitit()
+        options, gpus = cluster_options(args, table), [None]  # the check of the first run runs here, on the CPU
+    else:
+        options, gpus = None, devices(args.gpus)
     out = args.out or os.path.join("runs", "reproduce", args.table)
     if args.dry_run:  # the whole plan first, then the check of the first run to start (exit 2 if it fails)
         manifest = check_out_folder(out, args, seeds, rows)
         jobs = make_jobs(table, rows, seeds, args, out)
-        print_plan(jobs, gpus, args)
+        if options:
+            submit(jobs, options, out, table.name, print, dry_run=True)
+        else:
+            print_plan(jobs, gpus, args)
         checked = check_first_run(jobs, gpus)
         print(f"the first run's setup checked with:\n  {checked}" if checked else "no new run to check")
         return 0
@@ -516,7 +567,7 @@ def main(argv=None) -> int:
         os.makedirs(out, exist_ok=True)
     except OSError as exc:
         raise UsageError(f"--out {out!r} cannot be made: {exc.strerror}") from None
-    lock = RunLock(out, "sweep folder").acquire()  # one sweep per folder, for its whole life
+    lock = RunLock(out, "sweep folder").acquire()  # one sweep (or submission) per folder at a time
     try:
         manifest = check_out_folder(out, args, seeds, rows)
         jobs = make_jobs(table, rows, seeds, args, out)
@@ -527,9 +578,27 @@ def main(argv=None) -> int:
             os.rmdir(out)  # nothing started: nothing left behind either
         raise
     try:
+        if options:
+            return submit_table(args, table, rows, seeds, out, manifest, jobs, options)
         return run_sweep(args, table, rows, seeds, gpus, out, manifest, jobs, argv)
     finally:
         lock.release()
+
+
+def submit_table(args, table: Table, rows: List[Row], seeds: List[int], out: str, manifest: Dict, jobs: List[Job],
+                 options: ClusterOptions) -> int:
+    """--cluster: where each run stands, the submission of the runs neither done nor queued nor running, and
+    the table of what has finished; the command ends without waiting for the jobs."""
+    say = SweepLog(os.path.join(out, "sweep.log"))
+    manifest["seeds"] = sorted(set(manifest.get("seeds", [])) | set(seeds))
+    write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1))
+    say(f"{titled(table, args, jobs)}: {plural(len(jobs), 'run')} in {out}, as {options.kind} jobs")
+    counts = submit(jobs, options, out, table.name, say)
+    write_table(args, table, rows, seeds, out, manifest, jobs, say)
+    say(f"{counts['done']}/{len(jobs)} done, {counts['held']} queued or running, {counts['submitted']} submitted "
+        "now. The same command again shows where each run stands, submits what is neither done nor queued nor "
+        "running, and writes the table from what has finished")
+    return 0
 
 
 def run_sweep(args, table: Table, rows: List[Row], seeds: List[int], gpus: List[Optional[int]], out: str,
@@ -548,13 +617,7 @@ def run_sweep(args, table: Table, rows: List[Row], seeds: List[int], gpus: List[
         if job.seconds:
             manifest["seconds"][job.name] = manifest["seconds"].get(job.name, 0.0) + job.seconds
     write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1))
-    result = table_rows(table, rows, seeds, out, args, jobs, manifest["seconds"], manifest.get("data", {}))
-    text = markdown(titled(table, args, jobs, flags=False), table, result, seeds, args)
-    write_text(os.path.join(out, "table.md"), text + "\n")
-    write_csv(os.path.join(out, "table.csv"), result)
-    figure = plot_reproduction(result, titled(table, args, jobs), os.path.join(out, "table.png"))
-    say("\n" + text + f"\n\nwritten: {os.path.join(out, 'table.md')}, table.csv"
-        + (", table.png" if figure else f"; no figure: {figure_note()}"))
+    write_table(args, table, rows, seeds, out, manifest, jobs, say)
     if stopped is not None:
         again = "python " + shlex.join([os.path.relpath(os.path.abspath(__file__)), *(argv or sys.argv[1:])])
         say(f"stopped; finished runs are kept and stopped ones saved their checkpoints. Continue with:\n  {again}",
@@ -566,6 +629,18 @@ def run_sweep(args, table: Table, rows: List[Row], seeds: List[int], gpus: List[
             error=True)
         return 1
     return 0
+
+
+def write_table(args, table: Table, rows: List[Row], seeds: List[int], out: str, manifest: Dict, jobs: List[Job],
+                say) -> None:
+    """OUT/table.md, table.csv and table.png from the runs finished so far, and the table on the terminal."""
+    result = table_rows(table, rows, seeds, out, args, jobs, manifest["seconds"], manifest.get("data", {}))
+    text = markdown(titled(table, args, jobs, flags=False), table, result, seeds, args)
+    write_text(os.path.join(out, "table.md"), text + "\n")
+    write_csv(os.path.join(out, "table.csv"), result)
+    figure = plot_reproduction(result, titled(table, args, jobs), os.path.join(out, "table.png"))
+    say("\n" + text + f"\n\nwritten: {os.path.join(out, 'table.md')}, table.csv"
+        + (", table.png" if figure else f"; no figure: {figure_note()}"))
 
 
 def figure_note() -> str:

@@ -1,11 +1,14 @@
 """Clean interruption: Ctrl-C at start-up exits 130 with one line; during training the first
-SIGINT/SIGTERM lets the current step finish, a second exits at once."""
+SIGINT/SIGTERM/SIGUSR2 lets the current step finish and saves a checkpoint, a second SIGINT or SIGTERM
+exits at once. SIGUSR2 is a cluster's warning before a time limit or a pre-emption (Slurm's
+`--signal=USR2@...`, which submitit asks for): it may reach the process twice, straight from the
+scheduler and through the job's own process, so a repeated one is no reason to give up the checkpoint."""
 import os
 import signal
 import sys
 from typing import Callable, Optional
 
-SIGNALS = (signal.SIGINT, signal.SIGTERM)
+SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR2)
 EXIT_INTERRUPTED = 128 + signal.SIGINT
 
 
@@ -51,12 +54,18 @@ class StopRequest:
         return 128 + (self.signum or signal.SIGTERM)
 
     def _handle(self, signum: int, frame) -> None:
+        if self.signum is not None and signum == signal.SIGUSR2:
+            return  # the cluster's warning again: the checkpoint is on its way
         if self.signum is not None:
             self._say(f"second {signal.Signals(signum).name}: exiting now without a checkpoint")
             os._exit(128 + signum)
         self.signum = signum
-        self._say(f"{self.name} received: finishing the current step, then writing a checkpoint "
-                  "(send it again to exit at once)")
+        if signum == signal.SIGUSR2:
+            self._say("SIGUSR2 received (the cluster's warning before a time limit or a pre-emption): finishing "
+                      "the current step, then writing a checkpoint")
+        else:
+            self._say(f"{self.name} received: finishing the current step, then writing a checkpoint "
+                      "(send it again to exit at once)")
 
     def _say(self, message: str) -> None:
         print("\n" + message, file=sys.stderr, flush=True)

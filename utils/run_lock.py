@@ -11,6 +11,9 @@ from utils.errors import UsageError, WriteFailed
 from utils.safe_files import open_no_follow
 
 LOCK = ".lock"
+# The cluster job a process runs in (set by the job's own process, utils/cluster_job.py): named in the lock file, so
+# that the job's next start, on another node after a pre-emption, knows the lock it finds there for its own.
+CLUSTER_JOB = "GLMC_CLUSTER_JOB"
 
 
 class LockBusy(UsageError):
@@ -100,7 +103,10 @@ class RunLock:
     def _write_holder(self, host: str) -> None:
         try:
             os.ftruncate(self.fd, 0)
-            os.pwrite(self.fd, json.dumps({"pid": os.getpid(), "host": host}).encode(), 0)
+            holder = {"pid": os.getpid(), "host": host}
+            if os.environ.get(CLUSTER_JOB):
+                holder["job"] = os.environ[CLUSTER_JOB]
+            os.pwrite(self.fd, json.dumps(holder).encode(), 0)
         except OSError:
             pass  # opened read-only: the lock holds all the same
 
@@ -128,3 +134,18 @@ class RunLock:
         finally:
             os.close(self.fd)
             self.fd = None
+
+
+def remove_stale_lock(folder: str, jobs) -> Optional[str]:
+    """Remove `folder`'s lock file when it names another host and one of `jobs` (cluster job ids of this run
+    that have ended: a job re-queued onto another node finds its own earlier start's lock there, which no
+    flock across machines releases); what it named, or None when nothing was removed."""
+    lock = RunLock(folder)
+    holder = lock._holder() or {}
+    if holder.get("host") in (None, socket.gethostname()) or holder.get("job") not in set(jobs):
+        return None
+    try:
+        os.remove(lock.path)
+    except FileNotFoundError:
+        return None
+    return f"process {holder.get('pid')} on {holder['host']} (job {holder['job']})"

@@ -1,9 +1,19 @@
 """Run folder names (data set, network, IF, method, seed, time) and the folders' creation."""
 import argparse
 import os
+import shutil
 
 from utils.errors import UsageError
+from utils.run_lock import RunLock
 from utils.run_log import run_name
+
+
+def clear_unstarted_run(run_dir: str) -> None:
+    """Remove a run folder that stopped before its first checkpoint (it holds nothing to keep), so that its run
+    can start again under the same name; a folder in use by a live process stops instead (LockBusy)."""
+    if os.path.isdir(run_dir):
+        RunLock(run_dir).acquire().release()
+        shutil.rmtree(run_dir)
 
 
 def new_run_folder(root_log: str, name: str, exact: bool = False) -> str:

@@ -72,7 +72,7 @@ PROGRESS = re.compile(r"^(?:stage )?epoch (?P<epoch>\d+)/(?P<epochs>\d+) step (?
                       r"(?P<rate>\d+) img/s", re.M)
 STAGE_EPOCH = re.compile(r"^stage epoch (\d+)/\d+:", re.M)
 # What main.py and the MaxNorm stage print when a signal stopped them after saving their state.
-STOPPED_LINE = re.compile(r"^(?:\[\w+\]:)?stopped by (?:SIG[A-Z]+|a signal to another process) (?:at|after) ",
+STOPPED_LINE = re.compile(r"^(?:\[\w+\]:)?stopped by (?:SIG[A-Z0-9]+|a signal to another process) (?:at|after) ",
                           re.M)
 
 
