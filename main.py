@@ -36,7 +36,7 @@ from models.heads import CLASSIFIERS
 from utils.checkpoint import load_weights
 from utils.config import (FlagTrackingParser, add_run_args, check_run_args, command_line, configuration_lines,
                           run_cli, select_device)
-from utils.distributed import (World, any_rank, broadcast_object, close_world, elastic_job, elastic_restarts,
+from utils.distributed import (World, any_rank, broadcast_object, close_world, elastic_job,
                                init_world, main_rank_first)
 from utils.errors import RunStopped, UsageError, WriteFailed
 from utils.interrupt import StopRequest
@@ -354,15 +354,17 @@ def main(args: argparse.Namespace, world: Optional[World] = None) -> Optional[Di
 
 def continue_after_restart(args: argparse.Namespace, world: World) -> None:
     """Under `torchrun --max_restarts N`: a restarted worker group continues the run folder the first
-    group started for this seed (from its last checkpoint), with no --resume on the command line."""
+    group started for this seed (from its last checkpoint), with no --resume on the command line. Rank 0
+    alone decides, from the note an earlier group of this job left: the agents' restart counts can differ
+    (an agent whose own workers were healthy restarts them for a lost node without counting a failure)."""
     job = elastic_job()
-    if not world.enabled or job is None or elastic_restarts() == 0 or args.resume:
+    if not world.enabled or job is None or args.resume:
         return
     folder = broadcast_object(world, elastic_run_to_continue(args.root_log, job, args.seed) if world.is_main else None)
     if folder:
         args.resume = folder
         if world.is_main:
-            print(f"torchrun restart {elastic_restarts()}: continuing {folder} from its last checkpoint")
+            print(f"torchrun restart: continuing {folder} from its last checkpoint")
 
 
 def memory_advice(args: argparse.Namespace, memory, image_files: bool) -> str:

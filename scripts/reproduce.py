@@ -124,7 +124,7 @@ def cluster_options(args, table: Table) -> ClusterOptions:
     gpus = args.gpus_per_run if args.gpus_per_run is not None else MULTI_GPU_TABLE_GPUS if table.torchrun else 1
     options = ClusterOptions(args.cluster, args.timeout_min, gpus, args.nodes_per_run, args.slurm_partition,
                              args.slurm_account, args.slurm_qos, args.slurm_constraint, parse_extra(args.slurm_extra))
-    options.check()
+    options.check(submitting=not args.dry_run)
     return options
 
 
@@ -556,6 +556,7 @@ def main(argv=None) -> int:
         manifest = check_out_folder(out, args, seeds, rows)
         jobs = make_jobs(table, rows, seeds, args, out)
         if options:
+            check_batch_split(jobs, options)
             submit(jobs, options, out, table.name, print, dry_run=True)
         else:
             print_plan(jobs, gpus, args)
@@ -571,6 +572,8 @@ def main(argv=None) -> int:
     try:
         manifest = check_out_folder(out, args, seeds, rows)
         jobs = make_jobs(table, rows, seeds, args, out)
+        if options:
+            check_batch_split(jobs, options)
         check_first_run(jobs, gpus)
     except UsageError:
         lock.release()
@@ -583,6 +586,18 @@ def main(argv=None) -> int:
         return run_sweep(args, table, rows, seeds, gpus, out, manifest, jobs, argv)
     finally:
         lock.release()
+
+
+def check_batch_split(jobs: List[Job], options: ClusterOptions) -> None:
+    """Each training run's global batch (-b) must split evenly over its job's processes (nodes x GPUs)."""
+    processes = options.nodes_per_run * max(1, options.gpus_per_run)
+    for job in jobs:
+        batch = None if job.stage else last_flag(job.argv, "-b") or last_flag(job.argv, "--batch_size")
+        if batch and int(batch) % processes:
+            raise UsageError(f"{job.name}: -b {batch} (the global batch) does not split over the {processes} "
+                             f"processes of its job ({plural(options.nodes_per_run, 'node')} x "
+                             f"{max(1, options.gpus_per_run)} per node); give --extra \"-b N\" with N a multiple "
+                             f"of {processes}, or other --nodes_per_run / --gpus_per_run")
 
 
 def submit_table(args, table: Table, rows: List[Row], seeds: List[int], out: str, manifest: Dict, jobs: List[Job],

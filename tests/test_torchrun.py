@@ -1,11 +1,13 @@
 """torchrun on the CPU (gloo): one process group for every seed, rank 0 first at the data, and a worker
 group restarted by `--max_restarts` continuing its run folder by itself."""
 import glob
+import re
 import os
 import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -106,7 +108,7 @@ def test_a_killed_worker_costs_part_of_an_epoch_and_changes_nothing(tmp_path):
     torchrun(tmp_path / "whole", data_root)
     # seed 1 done; seed 2 loses its worker of rank 1 in its second epoch
     out = torchrun(tmp_path / "killed", data_root, kill_rank=1, kill_at="epoch 2/2 step 4/", after="done:")
-    assert "torchrun restart 1: continuing" in out and "continuing at epoch 2" in out
+    assert "torchrun restart: continuing" in out and "continuing at epoch 2" in out
     assert "is finished (2/2 epochs" in out  # the restarted group passes over seed 1
     assert len(os.listdir(tmp_path / "killed")) == 2  # no third folder, no restart notes left
     whole, killed = final_weights(tmp_path / "whole"), final_weights(tmp_path / "killed")
@@ -157,9 +159,10 @@ def test_main_py_as_the_tasks_of_an_srun_step_equals_torchrun(tmp_path):
     assert all(torch.equal(one[k], two[k]) for k in one)
 
 
-def two_nodes(root_log, data_root, tmp_path):
+def two_nodes(root_log, data_root, tmp_path, kill_at=None):
     """Two torchrun agents on this machine acting as two nodes (c10d rendezvous, gloo, one process each) train
-    `--seeds 1,2`. Returns both agents' output."""
+    `--seeds 1,2`; with `kill_at`, under `--max_restarts 1`, the second agent's worker is killed (SIGKILL, as a
+    node lost) when the output shows a line starting so after seed 1 is done. Returns both agents' output."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -168,10 +171,19 @@ def two_nodes(root_log, data_root, tmp_path):
     for node, log in enumerate(logs):
         cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--node_rank", str(node),
                "--nproc_per_node", "1", "--rdzv_backend", "c10d", "--rdzv_endpoint", f"127.0.0.1:{port}",
-               "--rdzv_id", f"job-{root_log.name}", os.path.join(ROOT, "main.py"),
+               "--rdzv_id", f"job-{root_log.name}", "--max_restarts", "1" if kill_at else "0",
+               os.path.join(ROOT, "main.py"),
                *TINY_TRAIN, "--root", data_root, "--epochs", "2", "--seeds", "1,2", "--root_log", str(root_log)]
         agents.append(subprocess.Popen(cmd, stdout=open(log, "w"), stderr=subprocess.STDOUT, text=True, cwd=ROOT,
                                        env={**os.environ, "OMP_NUM_THREADS": "1"}))
+    if kill_at:
+        deadline = time.time() + 300
+        while not any(re.search(rf"^done:.*\n(.*\n)*{re.escape(kill_at)}", log.read_text(), re.M) for log in logs):
+            assert time.time() < deadline and all(a.poll() is None for a in agents)
+            time.sleep(0.05)
+        (worker,) = subprocess.run(["ps", "-o", "pid=", "--ppid", str(agents[1].pid)], capture_output=True,
+                                   text=True).stdout.split()
+        os.kill(int(worker), signal.SIGKILL)
     for agent in agents:
         agent.wait(timeout=600)
     text = "".join(log.read_text() for log in logs)
@@ -191,3 +203,47 @@ def test_two_agents_as_two_nodes_train_as_one_agent_of_two(tmp_path):
     assert sorted(two) == [1, 2]
     for seed in (1, 2):
         assert two[seed][0] == 2 and all(torch.equal(one[seed][1][k], two[seed][1][k]) for k in one[seed][1]), seed
+
+
+@pytest.mark.slow
+def test_a_node_lost_under_two_agents_costs_at_most_its_epoch(tmp_path):
+    """Two agents as two nodes under --max_restarts 1: a node's worker killed in seed 2's second epoch; both
+    agents restart their workers (one may do so without counting a failure), the new group continues seed 2
+    from its last checkpoint, and both seeds end bitwise equal to one agent of two processes."""
+    data_root = str(tmp_path / "data")
+    write_cifar(data_root, train_per_class=60, test_per_class=2)  # 240 images: 8 steps per process and epoch
+    torchrun(tmp_path / "one-agent", data_root)
+    out = two_nodes(tmp_path / "two-agents", data_root, tmp_path, kill_at="epoch 2/2 step 4/")
+    assert "torchrun restart: continuing" in out and "continuing at epoch 2" in out, out[-3000:]
+    assert len(os.listdir(tmp_path / "two-agents")) == 2  # no third folder: seed 2 went on in its own
+    one, two = final_weights(tmp_path / "one-agent"), final_weights(tmp_path / "two-agents")
+    for seed in (1, 2):
+        assert two[seed][0] == 2 and all(torch.equal(one[seed][1][k], two[seed][1][k]) for k in one[seed][1]), seed
+
+
+def test_a_new_group_agrees_on_a_name_no_lost_group_used():
+    """The store outlives worker groups: a lost group's hellos and publication are still there. The new group's
+    processes, started in any order, agree on one new name and never take the lost group's."""
+    import json
+    import threading
+
+    from utils.distributed import agreed_name
+
+    store = dist.HashStore()
+    store.set("glmc/hello/0", "lost0")
+    store.set("glmc/hello/1", "lost1")
+    store.set("glmc/leader", json.dumps({"name": "lost", "hellos": ["lost0", "lost1"]}))
+    names = {}
+
+    def join(rank):
+        names[rank] = agreed_name(store, rank, 2, poll=0.01)
+
+    late_leader = threading.Thread(target=join, args=(0,))
+    first = threading.Thread(target=join, args=(1,))
+    first.start()
+    time.sleep(0.3)  # rank 1 reads the lost group's publication first, and must not take it
+    assert 1 not in names
+    late_leader.start()
+    for thread in (first, late_leader):
+        thread.join(timeout=30)
+    assert names[0] == names[1] and names[0] != "lost"

@@ -44,7 +44,8 @@ class ClusterOptions:
     extra: Dict[str, str] = field(default_factory=dict)  # any other sbatch option: {"mem": "64G"}
     signal_delay_s: int = 120  # SIGUSR2 this long before the time limit
 
-    def check(self) -> None:
+    def check(self, submitting: bool = True) -> None:
+        """The flags' values; and, for a submission to Slurm (not a dry run), srun on the PATH."""
         for flag, value, low in (("--timeout_min", self.timeout_min, 1), ("--gpus_per_run", self.gpus_per_run, 0),
                                  ("--nodes_per_run", self.nodes_per_run, 1)):
             if value < low:
@@ -54,7 +55,7 @@ class ClusterOptions:
         if self.signal_delay_s >= self.timeout_min * 60:
             raise UsageError(f"--timeout_min {self.timeout_min} leaves no time before the signal that comes "
                              f"{self.signal_delay_s} s before the limit")
-        if self.kind == "slurm" and shutil.which("srun") is None:
+        if submitting and self.kind == "slurm" and shutil.which("srun") is None:
             raise UsageError("--cluster slurm: no srun on this machine's PATH; submit from a node of the Slurm "
                              "cluster (or try the table with --cluster local)")
 
@@ -233,7 +234,7 @@ def print_plan(options: ClusterOptions, folder: str, name: str, training: List[J
         print(sbatch_script(folder, train_params, len(training)) if options.kind == "slurm"
               else f"local executor: {train_params}")
         for i, job in enumerate(training):
-            print(f"# task {i}: {job.name}\n#   python {shlex.join(job.argv)}")
+            print(f"# array index {i}: {job.name}\n#   python {shlex.join(job.argv)}")
     for job in stages:
         base = "its base run's job" if job.needs in held or job.needs in {j.name for j in training} else None
         dependency = f"afterok:<the job of {job.needs}>" if base and options.kind == "slurm" else None

@@ -5,9 +5,12 @@
 the group, the first node of the step its rendezvous); a plain `python main.py` is a world
 of one and none of this does anything.
 """
+import json
 import os
 import re
 import socket
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, TypeVar
 
@@ -63,9 +66,9 @@ def init_world() -> World:
 
     On GPUs each process first makes its own GPU (LOCAL_RANK) the current device and names it to
     the process group: the object collectives put their tensors on the current device, and with
-    every process on cuda:0 NCCL fails or hangs. The group's keys go under a prefix of the worker
-    group's restart count: torchrun's static rendezvous keeps one store for every restart, and a
-    restarted group could otherwise read the addresses the lost group published and hang on them.
+    every process on cuda:0 NCCL fails or hangs. The group's keys go under a prefix of its own
+    (`group_store`): torchrun keeps one store for every restart, and a restarted group could otherwise
+    read the addresses the lost group published and hang on them.
     """
     os.environ.update(slurm_environment())  # under srun, the variables torchrun would have set
     size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -87,9 +90,36 @@ def init_world() -> World:
 
 
 def group_store() -> dist.Store:
-    """torchrun's store (env://) under a prefix of this worker group's restart count."""
-    store, _, _ = next(dist.rendezvous("env://"))
-    return dist.PrefixStore(f"glmc/restart{elastic_restarts()}", store)
+    """torchrun's store (env://) under a prefix that this worker group's processes agree on and no earlier
+    group of the job used (`agreed_name`)."""
+    store, rank, size = next(dist.rendezvous("env://"))
+    return dist.PrefixStore(f"glmc/group-{agreed_name(store, rank, size)}", store)
+
+
+def agreed_name(store: dist.Store, rank: int, size: int, poll: float = 0.05) -> str:
+    """A name for this process group that all its processes agree on and no lost group of the job used,
+    read from a store that outlives worker groups (torchrun's agent store keeps every restart's keys).
+
+    Each process says hello under its rank with a name of its own; rank 0 publishes its name with the
+    hellos it has read, again and again, until every rank has acknowledged a list that holds its own
+    hello. A hello or a publication left by a lost group never names a living process, so nobody takes
+    it; the agents' restart counts, which can differ between nodes, play no part."""
+    mine = uuid.uuid4().hex
+    store.set(f"glmc/hello/{rank}", mine)
+    if rank == 0:
+        acks = [f"glmc/{mine}/ack/{r}" for r in range(1, size)]
+        while True:
+            hellos = [store.get(f"glmc/hello/{r}").decode() for r in range(size)]  # waits for each rank's first
+            store.set("glmc/leader", json.dumps({"name": mine, "hellos": hellos}))
+            if store.check(acks):
+                return mine
+            time.sleep(poll)
+    while True:
+        leader = json.loads(store.get("glmc/leader").decode())
+        if leader["hellos"][rank] == mine:
+            store.set(f"glmc/{leader['name']}/ack/{rank}", "1")
+            return leader["name"]
+        time.sleep(poll)
 
 
 def close_world(world: World) -> None:
@@ -152,7 +182,3 @@ def elastic_job() -> Optional[str]:
         return None
     return f"{socket.gethostname()}-{os.getppid()}-{os.environ['TORCHELASTIC_RUN_ID']}"
 
-
-def elastic_restarts() -> int:
-    """How often torchrun has restarted this job's worker group (0 for the first start)."""
-    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
