@@ -236,7 +236,8 @@ def test_a_job_of_two_tasks_trains_as_torchrun_s_two_processes(root, tmp_path):
 
 class FakeEnvironment:
     def __init__(self, rank, local, tasks, job, hosts):
-        self.global_rank, self.local_rank, self.num_tasks, self.raw_job_id, self.hostnames = rank, local, tasks, job, hosts
+        self.global_rank, self.local_rank, self.num_tasks = rank, local, tasks
+        self.raw_job_id, self.hostnames = job, hosts
 
 
 def test_a_task_s_process_group_comes_from_the_job():
