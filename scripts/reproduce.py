@@ -4,6 +4,8 @@
     python scripts/reproduce.py cifar100-lt --seed_list 1,2,3 --gpus 0,1 --per_gpu 2 --out runs/c100
     python scripts/reproduce.py cifar10-lt --seeds 2 --extra "--width 16 --epochs 3" --root data   # a CPU try-out
     python scripts/reproduce.py imagenet-lt --root /data/imagenet --gpus 0,1,2,3,4,5,6,7
+    python scripts/reproduce.py cifar10-lt --seeds 3 --root /shared/data --out /shared/c10 --cluster slurm \
+        --slurm_partition gpu --timeout_min 240                                   # every run a Slurm job
 
 Tables: cifar10-lt, cifar100-lt (IF 100, 50, 10; the paper's original split, the
 updated split, + MaxNorm), imagenet-lt (GLMC, + BS), inat2018, and cifar-lt-standard
@@ -17,6 +19,9 @@ every listed GPU through torchrun, one at a time. With no GPU the runs go to the
 The same command again skips finished runs, resumes unfinished ones from their
 checkpoints and starts the rest; Ctrl-C or SIGTERM stops every run cleanly and prints the
 command that continues. The result goes to OUT/table.md, OUT/table.csv and OUT/table.png.
+With --cluster, every run is a cluster job instead and the command ends once they are
+queued; the same command again reports each run's state, submits what is neither done
+nor queued nor running, and writes the table from what has finished.
 """
 import argparse
 import csv
@@ -53,7 +58,7 @@ from utils.runs import read_args_json  # noqa: E402
 from utils.run_names import clear_unstarted_run  # noqa: E402
 from utils.sweep import DONE, FAILED, Job, Sweep, SweepLog  # noqa: E402
 from utils.cluster import ClusterOptions, parse_extra, submit  # noqa: E402
-from utils.cluster_state import load_submitit  # noqa: E402
+from utils.cluster_state import JobBook, load_submitit  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST = "reproduce.json"
@@ -570,6 +575,8 @@ def main(argv=None) -> int:
         raise UsageError(f"--out {out!r} cannot be made: {exc.strerror}") from None
     lock = RunLock(out, "sweep folder").acquire()  # one sweep (or submission) per folder at a time
     try:
+        if not options:
+            check_no_cluster_jobs(out)
         manifest = check_out_folder(out, args, seeds, rows)
         jobs = make_jobs(table, rows, seeds, args, out)
         if options:
@@ -586,6 +593,17 @@ def main(argv=None) -> int:
         return run_sweep(args, table, rows, seeds, gpus, out, manifest, jobs, argv)
     finally:
         lock.release()
+
+
+def check_no_cluster_jobs(out: str) -> None:
+    """A sweep on this machine never runs what a queued or running cluster job of the same folder holds."""
+    book = JobBook(out)
+    live = sorted(book.live_runs()) if book.runs else []
+    if live:
+        kind = book.runs[live[0]]["kind"]
+        raise UsageError(f"--out {out!r} has {plural(len(live), 'run')} queued or running as {kind} jobs "
+                         f"({', '.join(live[:3])}{', ...' if len(live) > 3 else ''}): continue the table with "
+                         f"--cluster {kind}, or cancel those jobs first")
 
 
 def check_batch_split(jobs: List[Job], options: ClusterOptions) -> None:

@@ -137,6 +137,10 @@ def test_slurm_job_scripts_and_a_second_submission_that_submits_nothing(root, tm
     assert sorted(kept) == [100, 101, 102, 103, 104, 105, 106]
     assert "--array" not in kept[105] and "#SBATCH --dependency=afterok:105\n" in kept[106]
     assert JobBook(str(out)).runs["cifar10-if100-updated-s1"]["jobs"] == ["100_1", "105"]
+    # nor does a sweep on this machine run what the queued jobs hold
+    code, _, err = run(table_command(root, out))
+    assert code == 2 and "queued or running as slurm jobs" in err and "--cluster slurm" in err, err
+    assert sorted(os.listdir(out / "logs")) == ["cifar10-if100-updated-s1.log"]
 
 
 def test_a_job_of_two_nodes_of_eight_gpus(tmp_path, slurm):
@@ -312,3 +316,33 @@ def test_without_submitit_the_cluster_says_how_to_install_it(root, tmp_path):
     code, out, err = run(table_command(root, tmp_path / "t", "--cluster", "slurm"),
                          env={**os.environ, "PYTHONPATH": str(blocker)})
     assert code == 2 and "pip install submitit" in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_run_longer_than_its_time_limit_goes_on_in_re_queued_jobs(root, tmp_path, monkeypatch):
+    """A job of one minute, warned 45 s before its limit, on a run of about 25 s of training plus start-ups: it
+    takes several jobs, each re-queued after saving, and ends bit-identical to the run made in one go."""
+    from utils.cluster import submit
+    from utils.cluster_state import ENDED, local_state
+    from utils.sweep import Job
+
+    name, runs = "long", str(tmp_path / "runs")
+    argv = [os.path.join(ROOT, "main.py"), "--dataset", "cifar10", "-a", "resnet32", "--width", "8", "-j", "0",
+            "--no_download", "-p", "1", "-b", "16", "--epochs", "16", "--imbanlance_rate", "0.01", "--root", root,
+            "--no_tensorboard", "--root_log", runs, "--name", name]
+    job = Job(name, argv, str(tmp_path / "logs" / f"{name}.log"), 16, os.path.join(runs, name))
+    options = ClusterOptions("local", timeout_min=1, gpus_per_run=0, signal_delay_s=45)
+    submit([job], options, str(tmp_path), "t", lambda message: None)
+    job_id = JobBook(str(tmp_path)).job(name)
+    deadline = time.time() + 500
+    while local_state(job_id) != ENDED:
+        assert time.time() < deadline
+        time.sleep(1)
+    text = open(job.log).read()
+    requeues = text.count("re-queued: ")
+    assert requeues >= 2 and len(re.findall(r"^\$ python ", text, re.M)) == requeues + 1, text[-3000:]
+    assert os.path.exists(tmp_path / "jobs" / f"{name}.done")
+    argv[argv.index("--root_log") + 1] = str(tmp_path / "straight")
+    code, _, err = run([sys.executable, *argv])
+    assert code == 0, err
+    reference, resumed = final_weights(str(tmp_path / "straight" / name)), final_weights(os.path.join(runs, name))
+    assert max((reference[k].double() - resumed[k].double()).abs().max().item() for k in reference) == 0.0

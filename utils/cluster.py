@@ -13,7 +13,6 @@ import os
 import shlex
 import shutil
 import sys
-import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
@@ -27,7 +26,6 @@ from utils.sweep import DONE, RUNNING, STOPPED_LINE, Job, log_tail
 
 JOBS_FOLDER = "jobs"
 MAX_TIME_LIMITS = 100  # re-queues after a time limit before submitit gives up on a run (pre-emptions: no limit)
-FRESH_S = 300  # a job submitted this recently that the scheduler does not list yet counts as queued
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -129,16 +127,16 @@ def output_to(path: str) -> Iterator[None]:
 
 # ---------------------------------------------------------------- where each run stands
 
-def run_state(job: Job, record: Optional[Dict], state: Optional[str]) -> Tuple[str, bool]:
+def run_state(job: Job, book: JobBook, state: Optional[str]) -> Tuple[str, bool]:
     """(what to say of the run, whether it is held by a live job)."""
+    record = book.runs.get(job.name)
     requeues = log_tail(job.log, 10 ** 6).count(REQUEUED_LINE) if record else 0
     again = f", re-queued {plural(requeues, 'time')} after a pre-emption or time limit" if requeues else ""
     if job.state == DONE:
         return "done" + again, False
     if record is None:
         return "not submitted yet", False
-    fresh = time.time() - time.mktime(time.strptime(record["submitted"], "%Y-%m-%d %H:%M:%S")) < FRESH_S
-    if state in QUEUED or (state == UNKNOWN and fresh):
+    if state in QUEUED or (state == UNKNOWN and book.fresh(job.name)):
         return f"queued (job {record['job']}{', ' + state.lower() if state != 'PENDING' else ''}){again}", True
     if state in LIVE:
         job.state = RUNNING
@@ -173,7 +171,7 @@ def submit(jobs: List[Job], options: ClusterOptions, out: str, table_name: str, 
     folder = os.path.abspath(os.path.join(out, JOBS_FOLDER))
     held, todo = {}, []
     for job in jobs:
-        words, live = run_state(job, book.runs.get(job.name), states.get(job.name))
+        words, live = run_state(job, book, states.get(job.name))
         say(f"{job.name}: {words}")
         if live:
             held[job.name] = book.job(job.name)
@@ -218,12 +216,21 @@ def submit(jobs: List[Job], options: ClusterOptions, out: str, table_name: str, 
 
 @contextlib.contextmanager
 def detached(options: ClusterOptions, out: str) -> Iterator[None]:
+    """For the local executor, whose controllers start now and inherit this process's environment and output:
+    the project on their PYTHONPATH (the jobs import utils.cluster_job), their output to OUT/jobs."""
     if options.kind != "local":
         yield
         return
-    os.environ["PYTHONPATH"] = REPO + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
-    with output_to(os.path.join(out, JOBS_FOLDER, "local-executor.log")):
-        yield
+    before = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = REPO + (os.pathsep + before if before else "")
+    try:
+        with output_to(os.path.join(out, JOBS_FOLDER, "local-executor.log")):
+            yield
+    finally:
+        if before is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = before
 
 
 def print_plan(options: ClusterOptions, folder: str, name: str, training: List[Job], stages: List[Job],

@@ -19,6 +19,7 @@ QUEUED = {"PENDING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING", "
 LIVE = QUEUED | {"RUNNING", "COMPLETING", "RESIZING", "SIGNALING", "STAGE_OUT"}
 ENDED = "ENDED"  # a local job whose controller has exited
 UNKNOWN = "UNKNOWN"  # a job the scheduler no longer (or not yet) lists
+FRESH_S = 300  # a job submitted this recently that the scheduler does not list yet counts as queued
 
 
 def load_submitit():
@@ -57,6 +58,17 @@ class JobBook:
 
     def save(self) -> None:
         write_text(self.path, json.dumps({"runs": self.runs}, indent=1) + "\n")
+
+    def live_runs(self) -> List[str]:
+        """The runs whose current job is queued or running (a just-submitted one the scheduler does not list
+        yet included)."""
+        states = self.states()
+        return [name for name in self.runs if states[name] in LIVE or (states[name] == UNKNOWN and self.fresh(name))]
+
+    def fresh(self, name: str) -> bool:
+        """Whether the run's job was submitted so recently that a scheduler not listing it may not know it yet."""
+        submitted = time.mktime(time.strptime(self.runs[name]["submitted"], "%Y-%m-%d %H:%M:%S"))
+        return time.time() - submitted < FRESH_S
 
     def states(self) -> Dict[str, str]:
         """{run name: the scheduler's state of its current job}."""
