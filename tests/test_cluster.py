@@ -143,13 +143,17 @@ def test_slurm_job_scripts_and_a_second_submission_that_submits_nothing(root, tm
     assert sorted(os.listdir(out / "logs")) == ["cifar10-if100-updated-s1.log"]
 
 
-def test_a_job_of_two_nodes_of_eight_gpus(tmp_path, slurm):
-    code, dry, err = run([sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), "imagenet-lt", "--seeds", "1",
-                          "--rows", "imagenet-lt-glmc", "--root", str(tmp_path), "--out", str(tmp_path / "t"),
-                          "--cluster", "slurm", "--nodes_per_run", "2", "--dry_run"])
-    for line in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8"):
+def test_a_job_of_two_nodes_of_eight_gpus(tmp_path):
+    """(No srun here: a dry run does not need one.) The paper's -b 120 does not split over 16 processes."""
+    cmd = [sys.executable, os.path.join(ROOT, "scripts", "reproduce.py"), "imagenet-lt", "--seeds", "1", "--rows",
+           "imagenet-lt-glmc", "--root", str(tmp_path), "--out", str(tmp_path / "t"), "--cluster", "slurm",
+           "--nodes_per_run", "2", "--dry_run"]
+    code, dry, err = run(cmd)
+    assert code == 2 and "-b 120 (the global batch) does not split over the 16 processes" in err, err
+    code, dry, err = run(cmd + ["--extra", "-b 128"])
+    for line in ("--nodes=2", "--ntasks-per-node=8", "--gpus-per-node=8", "--signal=USR2@120"):
         assert f"#SBATCH {line}\n" in dry, line
-    assert "srun --unbuffered" in dry and "submitit.core._submit" in dry
+    assert "srun --unbuffered" in dry and "submitit.core._submit" in dry and " -b 128 " in dry
 
 
 def children(pid):
