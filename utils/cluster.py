@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from utils.checkpoint import LATEST
-from utils.cluster_job import REQUEUED_LINE, RunInJob
+from utils.cluster_job import REQUEUED_LINE, WAITING_LINE, RunInJob
 from utils.cluster_state import LIVE, QUEUED, UNKNOWN, JobBook, load_submitit
 from utils.errors import UsageError
 from utils.progress import plural
@@ -140,7 +140,9 @@ def run_state(job: Job, book: JobBook, state: Optional[str]) -> Tuple[str, bool]
         return f"queued (job {record['job']}{', ' + state.lower() if state != 'PENDING' else ''}){again}", True
     if state in LIVE:
         job.state = RUNNING
-        return f"running (job {record['job']}): {job.place()}{again}", True
+        last = log_tail(job.log, 1)
+        place = f"waiting for {job.needs}'s job" if last.startswith(WAITING_LINE) else job.place()
+        return f"running (job {record['job']}): {place}{again}", True
     if STOPPED_LINE.search(log_tail(job.log, 40)):
         return f"stopped with its checkpoint saved (job {record['job']}, {state.lower()}){again}", False
     return (f"ended without finishing (job {record['job']}, {state.lower()}){again}; the last lines of "

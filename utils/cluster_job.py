@@ -26,6 +26,7 @@ from utils.safe_files import make_folder, open_append, write_text
 from utils.sweep import STOPPED_LINE, log_tail
 
 REQUEUED_LINE = "re-queued: "  # the log line of each re-queue, counted by the table tool
+WAITING_LINE = "waiting for job "  # a MaxNorm stage's job waiting for its base run's job
 STOP_GRACE_S = 60  # how long the run may take to finish its step and save, after the signal is passed on
 
 
@@ -112,7 +113,7 @@ class RunInJob:
                 raise RunFailedInJob(f"{self.name}: the run it starts from (job {job_id}) ended without finishing "
                                      f"({'its controller exited' if state == ENDED else state})")
             if not told:
-                self._say(log, f"waiting for job {job_id}, the run this one starts from")
+                self._say(log, f"{WAITING_LINE}{job_id}, the run this one starts from")
                 told = True
             time.sleep(5)
 
