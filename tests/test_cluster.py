@@ -104,7 +104,7 @@ def test_slurm_job_scripts_and_a_second_submission_that_submits_nothing(root, tm
     assert sorted(kept) == [100, 101, 102, 103, 104]  # the 4 training runs as one array, then each MaxNorm stage
     array = kept[100]
     for line in ("--array=0-3%4", "--partition=gpu", "--account=lab", "--time=240", "--nodes=1",
-                 "--ntasks-per-node=1", "--gpus-per-node=1", "--mem=16G", "--signal=USR2@120"):
+                 "--ntasks-per-node=1", "--gpus-per-node=1", "--mem=16G", "--signal=USR2@120", "--requeue"):
         assert f"#SBATCH {line}\n" in array, line
     assert "dependency" not in array
     # the array's task order is the runs' order; each stage waits for its base run's task
@@ -289,10 +289,11 @@ def test_the_executor_parameters():
     assert parameters(options, "x", 2, 8) == {
         "job_name": "x", "time": 240, "nodes": 2, "ntasks_per_node": 8, "gpus_per_node": 8, "partition": "gpu",
         "qos": "high", "constraint": "a100", "signal_delay_s": 120, "stderr_to_stdout": True,
-        "setup": [f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"], "additional_parameters": {"mem": "64G"}}
+        "setup": [f"export PYTHONPATH={ROOT}${{PYTHONPATH:+:$PYTHONPATH}}"],
+        "additional_parameters": {"requeue": True, "mem": "64G"}}
     cpu = parameters(ClusterOptions("slurm", 60, 0), "x", 1, 0, "afterok:5")
     assert "gpus_per_node" not in cpu and cpu["ntasks_per_node"] == 1 and cpu["dependency"] == "afterok:5"
-    assert cpu["additional_parameters"] == {"kill-on-invalid-dep": "yes"}
+    assert cpu["additional_parameters"] == {"requeue": True, "kill-on-invalid-dep": "yes"}
     assert parameters(ClusterOptions("local", 30, 2), "x", 1, 2) == {
         "timeout_min": 30, "tasks_per_node": 2, "gpus_per_node": 2, "signal_delay_s": 120}
     assert parse_extra(["mem=64G", "--cpus-per-task=10"]) == {"mem": "64G", "cpus-per-task": "10"}

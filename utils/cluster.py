@@ -82,7 +82,9 @@ def parameters(options: ClusterOptions, name: str, nodes: int, gpus: int,
               "qos": options.qos, "constraint": options.constraint, "signal_delay_s": options.signal_delay_s,
               "stderr_to_stdout": True, "dependency": dependency,
               "setup": [f"export PYTHONPATH={shlex.quote(REPO)}${{PYTHONPATH:+:$PYTHONPATH}}"],
-              "additional_parameters": {**({"kill-on-invalid-dep": "yes"} if dependency else {}), **options.extra}}
+              # --requeue: the job may be re-queued (by submitit at the signal, by Slurm when a node fails)
+              "additional_parameters": {"requeue": True, **({"kill-on-invalid-dep": "yes"} if dependency else {}),
+                                        **options.extra}}
     return {k: v for k, v in chosen.items() if v is not None}
 
 
