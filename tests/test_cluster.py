@@ -36,6 +36,8 @@ SBATCH = """import os, sys
 folder = os.environ["SLURM_STANDIN"]
 path = os.path.join(folder, "next")
 job = int(open(path).read()) if os.path.exists(path) else 100
+if job >= int(os.environ.get("STANDIN_REFUSE_FROM", 10 ** 9)):
+    sys.exit("sbatch: error: QOSMaxSubmitJobPerUserLimit")
 open(path, "w").write(str(job + 1))
 open(os.path.join(folder, f"job{job}.sh"), "w").write(open(sys.argv[-1]).read())
 print(f"Submitted batch job {job}")
@@ -351,3 +353,18 @@ def test_a_run_longer_than_its_time_limit_goes_on_in_re_queued_jobs(root, tmp_pa
     assert code == 0, err
     reference, resumed = final_weights(str(tmp_path / "straight" / name)), final_weights(os.path.join(runs, name))
     assert max((reference[k].double() - resumed[k].double()).abs().max().item() for k in reference) == 0.0
+
+
+def test_a_submission_refused_midway_keeps_what_was_submitted_and_the_same_command_submits_the_rest(
+        root, tmp_path, slurm, monkeypatch):
+    out = tmp_path / "t"
+    monkeypatch.setenv("STANDIN_REFUSE_FROM", "102")  # the array and one stage go through, then sbatch refuses
+    code, _, err = run(table_command(root, out, "--cluster", "slurm"))
+    assert code == 2 and "QOSMaxSubmitJobPerUserLimit" in err and "5 jobs submitted before it are recorded" in err, err
+    assert sorted(JobBook(str(out)).runs) == sorted(["cifar10-if100-glmc-s1", "cifar10-if100-updated-s1",
+                                                     "cifar10-if100-glmc-s2", "cifar10-if100-updated-s2",
+                                                     "cifar10-if100-maxnorm-s1"])
+    monkeypatch.delenv("STANDIN_REFUSE_FROM")
+    code, again, err = run(table_command(root, out, "--cluster", "slurm"))
+    assert code == 0 and "submitted 3 jobs" in again, err
+    assert sorted(scripts(slurm)) == [100, 101, 102, 103, 104]  # no second array

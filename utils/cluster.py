@@ -195,24 +195,33 @@ def submit(jobs: List[Job], options: ClusterOptions, out: str, table_name: str, 
         return counts
     make_folder(folder)
     submitted: Dict[str, str] = {}
-    with detached(options, out):
-        if training:
-            executor = make_executor(options, folder, train_params)
-            with executor.batch():
-                handles = [executor.submit(run_in_job(j, out, book, None)) for j in training]
-            submitted.update({j.name: h.job_id for j, h in zip(training, handles)})
-        for job in stages:
-            base = submitted.get(job.needs) or held.get(job.needs)
-            dependency = f"afterok:{base}" if base and options.kind == "slurm" else None
-            wait_for = (done_file(out, job.needs), options.kind, base) if base else None
-            executor = make_executor(options, folder, parameters(options, f"{name}-maxnorm", 1,
-                                                                 min(options.gpus_per_run, 1), dependency))
-            submitted[job.name] = executor.submit(run_in_job(job, out, book, wait_for)).job_id
+
+    def note(job_name: str, job_id: str) -> None:  # recorded at once: a failure later never loses a live job
+        submitted[job_name] = job_id
+        book.add(job_name, options.kind, job_id)
+        book.save()
+
+    try:
+        with detached(options, out):
+            if training:
+                executor = make_executor(options, folder, train_params)
+                with executor.batch():
+                    handles = [executor.submit(run_in_job(j, out, book, None)) for j in training]
+                for job, handle in zip(training, handles):
+                    note(job.name, handle.job_id)
+            for job in stages:
+                base = submitted.get(job.needs) or held.get(job.needs)
+                dependency = f"afterok:{base}" if base and options.kind == "slurm" else None
+                wait_for = (done_file(out, job.needs), options.kind, base) if base else None
+                executor = make_executor(options, folder, parameters(options, f"{name}-maxnorm", 1,
+                                                                     min(options.gpus_per_run, 1), dependency))
+                note(job.name, executor.submit(run_in_job(job, out, book, wait_for)).job_id)
+    except (OSError, RuntimeError) as exc:  # sbatch refused (submitit's FailedJobError), a controller did not start
+        done = f"; the {plural(len(submitted), 'job')} submitted before it are recorded" if submitted else ""
+        raise UsageError(f"the submission failed: {str(exc).strip() or type(exc).__name__}{done}. The same command "
+                         "again submits the rest") from None
     for job in todo:
         job.state = "submitted"
-    for job_name, job_id in submitted.items():
-        book.add(job_name, options.kind, job_id)
-    book.save()
     counts["submitted"] = len(submitted)
     say(f"submitted {plural(len(submitted), 'job')}: " + ", ".join(f"{n} ({i})" for n, i in submitted.items()))
     return counts
