@@ -166,7 +166,7 @@ def done_file(out: str, name: str) -> str:
     return os.path.join(out, JOBS_FOLDER, f"{name}.done")
 
 
-def submit(jobs: List[Job], options: ClusterOptions, out: str, table_name: str, say: Callable[[str], None],
+def submit(jobs: List[Job], options: ClusterOptions, out: str, table_name: str, say: Callable[..., None],
            dry_run: bool = False) -> Dict[str, int]:
     """Report every run's state, then submit those neither done nor held by a live job (none with
     `dry_run`, which prints the job scripts instead); the count of runs in each state."""
@@ -216,6 +216,10 @@ def submit(jobs: List[Job], options: ClusterOptions, out: str, table_name: str, 
                 executor = make_executor(options, folder, parameters(options, f"{name}-maxnorm", 1,
                                                                      min(options.gpus_per_run, 1), dependency))
                 note(job.name, executor.submit(run_in_job(job, out, book, wait_for)).job_id)
+    except KeyboardInterrupt:
+        say(f"interrupted (Ctrl-C): {plural(len(submitted), 'job')} submitted and recorded; the same command again "
+            "submits the rest", error=True)
+        raise SystemExit(130) from None
     except (OSError, RuntimeError) as exc:  # sbatch refused (submitit's FailedJobError), a controller did not start
         done = f"; the {plural(len(submitted), 'job')} submitted before it are recorded" if submitted else ""
         raise UsageError(f"the submission failed: {str(exc).strip() or type(exc).__name__}{done}. The same command "
