@@ -24,48 +24,32 @@ queued; the same command again reports each run's state, submits what is neither
 nor queued nor running, and writes the table from what has finished.
 """
 import argparse
-import csv
-import functools
-import io
 import json
 import os
 import shlex
-import statistics
 import subprocess
 import sys
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
 
-from scripts.maxnorm_stage import get_args_parser as stage_parser, stage_options, variant_slug  # noqa: E402
 from datasets import source_fingerprint  # noqa: E402
+from glmc.paper_tables import TABLES, Row, Table  # noqa: E402
 from scripts import released_models  # noqa: E402
-from scripts.results import read_run  # noqa: E402
-from utils.config import Parser  # noqa: E402
-from utils.errors import UsageError, tidy_message  # noqa: E402
-from utils.figures import plot_reproduction  # noqa: E402
-from glmc.paper_tables import TABLES, Cell, Row, Table, network_label  # noqa: E402
-from utils.progress import plural  # noqa: E402
-from utils.checkpoint import LATEST  # noqa: E402
-from utils.metrics_log import read_metrics  # noqa: E402
-from utils.run_log import tidy_floats  # noqa: E402
-from utils.safe_files import write_text  # noqa: E402
-from utils.intervals import mean_interval  # noqa: E402
-from utils.run_lock import RunLock  # noqa: E402
-from utils.runs import read_args_json  # noqa: E402
-from utils.run_names import clear_unstarted_run  # noqa: E402
-from utils.sweep import DONE, FAILED, Job, Sweep, SweepLog  # noqa: E402
+from scripts.table_report import titled, write_table  # noqa: E402
+from scripts.table_runs import check_extra_flags, last_flag, make_jobs  # noqa: E402
 from utils.cluster import ClusterOptions, parse_extra, submit  # noqa: E402
 from utils.cluster_state import JobBook, load_submitit  # noqa: E402
+from utils.config import Parser  # noqa: E402
+from utils.errors import UsageError, tidy_message  # noqa: E402
+from utils.progress import plural  # noqa: E402
+from utils.run_lock import RunLock  # noqa: E402
+from utils.safe_files import write_text  # noqa: E402
+from utils.sweep import DONE, FAILED, Job, Sweep, SweepLog  # noqa: E402
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MANIFEST = "reproduce.json"
-BEST_NOTE = ("top-1 best is the best test accuracy over epochs (chosen on the test set, as the released code and the "
-             "published figures do); top-1 last is the last epoch's")
-
-
 def get_args_parser() -> argparse.ArgumentParser:
     parser = Parser(description=__doc__.splitlines()[0], epilog="\n".join(__doc__.splitlines()[1:]),
                     formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -224,114 +208,6 @@ def check_out_folder(out: str, args, seeds: List[int], rows: List[Row]) -> Dict:
     return manifest
 
 
-def last_flag(argv: List[str], flag: str) -> Optional[str]:
-    values = [argv[i + 1] for i, a in enumerate(argv[:-1]) if a == flag]
-    return values[-1] if values else None
-
-
-def run_finished(run_dir: str) -> bool:
-    try:
-        with open(os.path.join(run_dir, "args.json")) as f:
-            epochs = json.load(f)["args"]["epochs"]
-    except (OSError, ValueError, KeyError):
-        return False
-    return any(r["epoch"] == epochs for r in read_metrics(os.path.join(run_dir, "metrics.jsonl")))
-
-
-@functools.lru_cache(maxsize=None)
-def stage_recipe(maxnorm_extra: str):
-    """The MaxNorm stage's options for these flags, as the stage reads them."""
-    return stage_options(stage_parser().parse_args(["--resume", "x", *shlex.split(maxnorm_extra)]))
-
-
-def stage_slug(maxnorm_extra: str) -> str:
-    """The recipe part of the MaxNorm stage's report names for these flags, as the stage names it."""
-    return variant_slug(stage_recipe(maxnorm_extra))
-
-
-def stage_reports(run_dir: str, maxnorm_extra: str) -> Dict[str, str]:
-    """{'last': path, 'best': path} of the MaxNorm stage's reports on the run's best checkpoint."""
-    slug = stage_slug(maxnorm_extra)
-    return {w: os.path.join(run_dir, "eval", f"maxnorm-best-{slug}-{w}.json") for w in ("last", "best")}
-
-
-# main.py's other spellings of a flag, so that `--extra "--batch_size 16"` replaces a row's `-b 64`
-FLAG_ALIASES = {"-a": "--arch", "-b": "--batch_size", "--wd": "--weight_decay", "--learning-rate": "--lr",
-                "-j": "--workers", "-p": "--print_freq"}
-# Flags the sweep gives every run itself, and what to use instead of giving them in --extra / --maxnorm_extra
-SWEEP_FLAGS = {"--root": "reproduce.py's --root DIR", "--seed": "--seeds N or --seed_list 1,2,3",
-               "--seeds": "--seeds N or --seed_list 1,2,3", "--root_log": "--out DIR (the runs go to DIR/runs)",
-               "--name": "--out DIR (each run is named <row>-<column>-s<seed>)",
-               "--resume": "the same reproduce.py command again (it resumes unfinished runs itself)"}
-
-
-def flag_groups(tokens: List[str]) -> List[List[str]]:
-    """Tokens grouped as [flag, its values...]: `--epochs 3 --channels_last` -> [[--epochs, 3], [--channels_last]]."""
-    groups: List[List[str]] = []
-    for token in tokens:
-        if token.startswith("-") and not token.lstrip("-").replace(".", "", 1).replace("e-", "", 1).isdigit():
-            groups.append([token])
-        elif groups:
-            groups[-1].append(token)
-        else:
-            groups.append([token])
-    return groups
-
-
-def flag_name(group: List[str]) -> str:
-    flag = group[0].split("=", 1)[0]
-    return FLAG_ALIASES.get(flag, flag)
-
-
-def with_extra(base: List[str], extra: List[str]) -> List[str]:
-    """`base` flags, less those `extra` gives again, then `extra`: each flag once in the command it makes."""
-    given = {flag_name(g) for g in flag_groups(extra)}
-    return [t for g in flag_groups(base) if flag_name(g) not in given for t in g] + extra
-
-
-def check_extra_flags(extra: str, option: str) -> None:
-    """Refuse, in --extra or --maxnorm_extra, a flag the sweep sets for every run itself (it would be
-    overridden, or would clash with the sweep's own), naming what to use instead."""
-    for group in flag_groups(shlex.split(extra)):
-        flag = group[0].split("=", 1)[0]
-        if flag in SWEEP_FLAGS:
-            raise UsageError(f"{option} gives {flag}, which the sweep sets for every run itself; use "
-                             f"{SWEEP_FLAGS[flag]} instead")
-
-
-def make_jobs(table: Table, rows: List[Row], seeds: List[int], args, out: str) -> List[Job]:
-    runs, logs, jobs = os.path.join(out, "runs"), os.path.join(out, "logs"), []
-    extra = shlex.split(args.extra)
-    for row in rows:
-        for seed in seeds:
-            for cell in row.cells:
-                name = f"{row.name}-{cell.column}-s{seed}"
-                if cell.is_stage:
-                    base = os.path.join(runs, f"{row.name}-{cell.flags}-s{seed}")
-                    job = Job(name, [os.path.join(REPO, "scripts", "maxnorm_stage.py"), "--resume", base, "--root",
-                                     args.root, "--seed", str(seed), *shlex.split(args.maxnorm_extra)],
-                              os.path.join(logs, name + ".log"),
-                              stage_recipe(args.maxnorm_extra).epochs, needs=f"{row.name}-{cell.flags}-s{seed}",
-                              stage=True)
-                    if all(os.path.isfile(p) for p in stage_reports(base, args.maxnorm_extra).values()):
-                        job.state = DONE
-                    jobs.append(job)
-                    continue
-                run_dir = os.path.join(runs, name)
-                argv = [os.path.join(REPO, "main.py"), *with_extra(shlex.split(cell.flags), extra), "--seed",
-                        str(seed), "--root", args.root, "--root_log", runs, "--name", name]
-                job = Job(name, argv, os.path.join(logs, name + ".log"), int(last_flag(argv, "--epochs") or 0),
-                          run_dir, torchrun=table.torchrun)
-                if run_finished(run_dir):
-                    job.state = DONE
-                elif os.path.isfile(os.path.join(run_dir, LATEST)):
-                    job.argv = argv + ["--resume", run_dir]
-                elif not args.dry_run and not args.cluster:  # (a cluster job clears it where it starts)
-                    clear_unstarted_run(run_dir)  # stopped before its first checkpoint: nothing to keep
-                jobs.append(job)
-    return jobs
-
-
 def check_first_run(jobs: List[Job], gpus: List[Optional[int]]) -> Optional[str]:
     """`main.py --dry_run` of the first run still to start (flags, data, model, memory; it writes nothing),
     so that a bad --extra or --root stops here instead of failing every run of the table; the command
@@ -351,175 +227,6 @@ def check_first_run(jobs: List[Job], gpus: List[Optional[int]]) -> Optional[str]
         raise UsageError(f"the first run ({fresh[0].name}) does not start; nothing was started. Its check, "
                          f"python {shlex.join(argv[1:])}, said:\n  " + "\n  ".join(lines[-3:] or ["(no output)"]))
     return "python " + shlex.join(argv[1:])
-
-
-# ---------------------------------------------------------------- the table
-
-def mean_std(values: List[float]):
-    if not values:
-        return None, None
-    return statistics.mean(values), (statistics.stdev(values) if len(values) > 1 else None)
-
-
-def other_data(meta: Dict, data: Dict[str, str]) -> bool:
-    """Whether a run (its args.json) was trained on other data than the sweep's: never averaged with its runs."""
-    trained_on = meta.get("data_fingerprint")
-    return bool(trained_on) and trained_on != data.get(meta["args"].get("dataset"), trained_on)
-
-
-def cell_figures(row: Row, cell: Cell, seeds: List[int], out: str, args, seconds: Dict[str, float],
-                 data: Dict[str, str]) -> Dict:
-    """Figures of one cell over its seeds: best and last top-1, many/medium/few, minutes, per-epoch curves;
-    a run trained on other data than the sweep's (`data`: fingerprint per data set) is left out."""
-    best, last, groups, curves, minutes = [], [], {"many": [], "medium": [], "few": []}, {}, []
-    done = 0
-    for seed in seeds:
-        name = f"{row.name}-{cell.column}-s{seed}"
-        if cell.is_stage:
-            base = os.path.join(out, "runs", f"{row.name}-{cell.flags}-s{seed}")
-            paths = stage_reports(base, args.maxnorm_extra)
-            if not all(os.path.isfile(p) for p in paths.values()) or other_data((read_run(base) or {})["meta"], data):
-                continue
-            reports = {w: json.load(open(p)) for w, p in paths.items()}
-            best.append(reports["best"]["top1"])
-            last.append(reports["last"]["top1"])
-            final = reports["last"]
-        else:
-            run_dir = os.path.join(out, "runs", name)
-            if not run_finished(run_dir):
-                continue
-            run = read_run(run_dir)
-            if other_data(run["meta"], data):
-                continue
-            records = run["records"]
-            best.append(max(r["top1"] for r in records))
-            last.append(records[-1]["top1"])
-            final = records[-1]
-            curves[seed] = [r["top1"] for r in records]
-        done += 1
-        for g in groups:
-            if final.get(g) is not None:
-                groups[g].append(final[g])
-        if name in seconds:
-            minutes.append(seconds[name] / 60)
-    return {"best": best, "last": last, "groups": groups, "curves": curves, "minutes": minutes, "done": done}
-
-
-def fmt(value: Optional[float], spec: str = ".2f") -> str:
-    return "" if value is None else format(value, spec)
-
-
-def table_rows(table: Table, rows: List[Row], seeds: List[int], out: str, args, jobs: List[Job],
-               seconds: Dict[str, float], data: Dict[str, str]) -> List[Dict]:
-    state = {j.name: j.state for j in jobs}
-    result = []
-    for row in rows:
-        for cell in row.cells:
-            figures = cell_figures(row, cell, seeds, out, args, seconds, data)
-            best_mean, best_std = mean_std(figures["best"])
-            last_mean, last_std = mean_std(figures["last"])
-            published = cell.published.get("top1")
-            failed = [s for s in seeds if state.get(f"{row.name}-{cell.column}-s{s}") not in (DONE, None)]
-            result.append({
-                "row": row.label, "column": cell.column, "published": published,
-                "published_groups": " / ".join(fmt(cell.published.get(g), "g") for g in ("many", "medium", "few"))
-                if "many" in cell.published else "",
-                "n": len(figures["best"]), "best_mean": best_mean, "best_std": best_std,
-                "diff": None if published is None or best_mean is None else best_mean - published,
-                **difference_interval(figures["best"], published),
-                "last_mean": last_mean, "last_std": last_std,
-                **{g: mean_std(v)[0] for g, v in figures["groups"].items()},
-                "minutes_per_run": mean_std(figures["minutes"])[0],
-                "missing": ", ".join(f"s{s} ({state.get(f'{row.name}-{cell.column}-s{s}')})" for s in failed),
-                "curves": figures["curves"],
-            })
-    return result
-
-
-def difference_interval(bests: List[float], published: Optional[float]) -> Dict:
-    """The 95 % interval (Student's t over the seeds) of the best top-1's mean minus the published value, and
-    whether the published value lies inside the interval of the mean; empty below two seeds."""
-    interval = mean_interval(bests) if published is not None else None
-    if interval is None:
-        return {"diff_low": None, "diff_high": None, "published_inside": None}
-    low, high = interval
-    return {"diff_low": low - published, "diff_high": high - published, "published_inside": low <= published <= high}
-
-
-def difference_text(r: Dict) -> str:
-    """'-1.20 [-3.05, +0.65], inside' or '-77.75' (one seed) or '—'."""
-    if r["diff"] is None:
-        return "—"
-    if r["diff_low"] is None:
-        return f"{r['diff']:+.2f}"
-    return (f"{r['diff']:+.2f} [{r['diff_low']:+.2f}, {r['diff_high']:+.2f}], "
-            + ("inside" if r["published_inside"] else "outside"))
-
-
-def run_network(job: Job) -> Optional[Tuple[str, Optional[int]]]:
-    """(-a, --width) a training job's run uses: from its run folder's args.json once it exists, else from its
-    command line (the last -a and --width win, as in main.py); None for a MaxNorm stage or an unknown -a."""
-    if job.stage:
-        return None
-    recorded = (read_args_json(job.run_dir) or {}).get("args") or {}
-    if recorded.get("arch"):
-        return recorded["arch"], recorded.get("width")
-    arch = last_flag(job.argv, "-a") or last_flag(job.argv, "--arch")
-    width = last_flag(job.argv, "--width")
-    return (arch, int(width) if width else 64) if arch else None
-
-
-def titled(table: Table, args, jobs: List[Job], flags: bool = True) -> str:
-    """The table's title, naming the network its runs really used where that is not the published one, and
-    (with `flags`) the flags added to its runs."""
-    used = sorted({n for n in map(run_network, jobs) if n}, key=str)
-    title = table.title
-    if table.network_words and used and used != [table.network]:
-        runs = ", ".join(network_label(*n) for n in used)
-        title = title.replace(table.network_words, f"runs with {runs} (published: {table.network_words})")
-    return title + (f" — main.py flags added: {args.extra}" if args.extra and flags else "")
-
-
-def pm(mean: Optional[float], std: Optional[float]) -> str:
-    if mean is None:
-        return "—"
-    return f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "")
-
-
-def markdown(title: str, table: Table, rows: List[Dict], seeds: List[int], args) -> str:
-    head = ["row", "column", "published", "top-1 best (mean ± std)", "n", "best − published [95 % CI]", "top-1 last",
-            "many", "medium", "few", "minutes per run", "not done"]
-    lines = [f"# {title}", "",
-             f"Seeds {','.join(map(str, seeds))}" + (f"; main.py flags added: `{args.extra}`" if args.extra else "")
-             + (f"; MaxNorm stage flags added: `{args.maxnorm_extra}`" if args.maxnorm_extra else "") + ".",
-             BEST_NOTE + "; many/medium/few are the last epoch's (for + MaxNorm, the stage's last epoch), "
-             "means over seeds ('empty': the test set has no class in that group; '—': no finished run); std is "
-             "the sample standard deviation. The 95 % interval of best − published is Student's t over the seeds "
-             "(n >= 2); 'inside' when the published value lies within the interval of the measured mean.", "",
-             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for r in rows:
-        published = fmt(r["published"]) + (f" ({r['published_groups']})" if r["published_groups"] else "")
-        lines.append("| " + " | ".join([
-            r["row"], r["column"], published or "—", pm(r["best_mean"], r["best_std"]), str(r["n"]),
-            difference_text(r), pm(r["last_mean"], r["last_std"]),
-            *(fmt(r[g]) or ("empty" if r["n"] else "—") for g in ("many", "medium", "few")),
-            fmt(r["minutes_per_run"], ".1f"), r["missing"]]) + " |")
-    lines += ["", "Columns: " + "; ".join(f"{k}: {v}" for k, v in table.columns.items()) + "."]
-    return "\n".join(lines)
-
-
-CSV_FIELDS = ["row", "column", "published", "n", "best_mean", "best_std", "diff", "diff_low", "diff_high",
-              "published_inside", "last_mean", "last_std", "many", "medium", "few", "minutes_per_run", "missing"]
-
-
-def write_csv(path: str, rows: List[Dict]) -> None:
-    text = io.StringIO(newline="")
-    writer = csv.DictWriter(text, fieldnames=CSV_FIELDS, extrasaction="ignore")
-    writer.writeheader()
-    for r in rows:
-        writer.writerow({k: "" if r[k] is None else int(r[k]) if isinstance(r[k], bool) else tidy_floats(r[k])
-                         for k in CSV_FIELDS})
-    write_text(path, text.getvalue())
 
 
 # ---------------------------------------------------------------- main
@@ -662,22 +369,6 @@ def run_sweep(args, table: Table, rows: List[Row], seeds: List[int], gpus: List[
             error=True)
         return 1
     return 0
-
-
-def write_table(args, table: Table, rows: List[Row], seeds: List[int], out: str, manifest: Dict, jobs: List[Job],
-                say) -> None:
-    """OUT/table.md, table.csv and table.png from the runs finished so far, and the table on the terminal."""
-    result = table_rows(table, rows, seeds, out, args, jobs, manifest["seconds"], manifest.get("data", {}))
-    text = markdown(titled(table, args, jobs, flags=False), table, result, seeds, args)
-    write_text(os.path.join(out, "table.md"), text + "\n")
-    write_csv(os.path.join(out, "table.csv"), result)
-    figure = plot_reproduction(result, titled(table, args, jobs), os.path.join(out, "table.png"))
-    say("\n" + text + f"\n\nwritten: {os.path.join(out, 'table.md')}, table.csv"
-        + (", table.png" if figure else f"; no figure: {figure_note()}"))
-
-
-def figure_note() -> str:
-    return "matplotlib is not installed (pip install matplotlib)"
 
 
 def cli(argv=None) -> None:

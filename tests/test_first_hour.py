@@ -215,10 +215,10 @@ def test_a_network_too_wide_is_told_to_narrow_not_to_lower_the_batch(tmp_path, d
 
 
 def test_the_sweeps_commands_give_each_flag_once_and_refuse_the_sweeps_own_flags(capsys):
-    from scripts import reproduce
+    from scripts import reproduce, table_runs
     base = ["--dataset", "cifar10", "-a", "resnet32", "--epochs", "200", "-b", "64", "--lr", "0.01",
             "--balanced_softmax", "--weight_decay", "5e-3"]
-    assert reproduce.with_extra(base, ["--epochs", "1", "--batch_size", "16", "--wd", "0"]) == [
+    assert table_runs.with_extra(base, ["--epochs", "1", "--batch_size", "16", "--wd", "0"]) == [
         "--dataset", "cifar10", "-a", "resnet32", "--lr", "0.01", "--balanced_softmax", "--epochs", "1",
         "--batch_size", "16", "--wd", "0"]
     for extra, instead in (("--root /data", "reproduce.py's --root DIR"), ("--seed 4", "--seeds N"),
@@ -231,23 +231,23 @@ def test_the_sweeps_commands_give_each_flag_once_and_refuse_the_sweeps_own_flags
 
 def test_the_sweeps_table_tells_a_run_that_never_ran_from_an_empty_shot_group():
     from glmc.paper_tables import TABLES
-    from scripts import reproduce
+    from scripts import table_report
     row = {"row": "CIFAR-10-LT, IF 100", "column": "glmc", "published": 87.75, "published_groups": "",
            "best_std": None, "diff": None, "last_mean": None, "last_std": None, "minutes_per_run": None,
            "missing": "s1 (failed)"}
     never = {**row, "n": 0, "best_mean": None, "many": None, "medium": None, "few": None}
     ran = {**row, "n": 1, "best_mean": 20.0, "many": 30.0, "medium": 10.0, "few": None}
-    text = reproduce.markdown("t", TABLES["cifar10-lt"], [never, ran], [1], argparse.Namespace(extra="",
-                                                                                               maxnorm_extra=""))
+    text = table_report.markdown("t", TABLES["cifar10-lt"], [never, ran], [1],
+                                 argparse.Namespace(extra="", maxnorm_extra=""))
     lines = [line for line in text.splitlines() if line.startswith("| CIFAR-10-LT")]
     assert lines[0].count("| — |") >= 3 and "empty" not in lines[0]
     assert "| 30.00 | 10.00 | empty |" in lines[1]
 
 
 def test_the_sweeps_csv_has_no_float_noise(tmp_path):
-    from scripts import reproduce
-    row = {k: None for k in reproduce.CSV_FIELDS}
+    from scripts import table_report
+    row = {k: None for k in table_report.CSV_FIELDS}
     row.update({"row": "r", "column": "c", "published": 87.75, "best_mean": 0.1 + 0.2, "n": 1})
     assert str(row["best_mean"]) == "0.30000000000000004"  # the noise a sum leaves
-    reproduce.write_csv(str(tmp_path / "t.csv"), [row])
+    table_report.write_csv(str(tmp_path / "t.csv"), [row])
     assert "r,c,87.75,1,0.3," in (tmp_path / "t.csv").read_text()
