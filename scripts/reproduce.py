@@ -29,7 +29,7 @@ import os
 import shlex
 import subprocess
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -266,10 +266,11 @@ def main(argv=None) -> int:
     out = args.out or os.path.join("runs", "reproduce", args.table)
     if args.dry_run:  # the whole plan first, then the check of the first run to start (exit 2 if it fails)
         manifest = check_out_folder(out, args, seeds, rows)
+        book, states = cluster_jobs(out) if options else (None, None)
         jobs = make_jobs(table, rows, seeds, args, out)
         if options:
             check_batch_split(jobs, options)
-            submit(jobs, options, out, table.name, print, dry_run=True)
+            submit(jobs, options, out, table.name, print, book, states, dry_run=True)
         else:
             print_plan(jobs, gpus, args)
         checked = check_first_run(jobs, gpus)
@@ -285,6 +286,7 @@ def main(argv=None) -> int:
         if not options:
             check_no_cluster_jobs(out)
         manifest = check_out_folder(out, args, seeds, rows)
+        book, states = cluster_jobs(out) if options else (None, None)
         jobs = make_jobs(table, rows, seeds, args, out)
         if options:
             check_batch_split(jobs, options)
@@ -296,10 +298,17 @@ def main(argv=None) -> int:
         raise
     try:
         if options:
-            return submit_table(args, table, rows, seeds, out, manifest, jobs, options)
+            return submit_table(args, table, rows, seeds, out, manifest, jobs, options, book, states)
         return run_sweep(args, table, rows, seeds, gpus, out, manifest, jobs, argv)
     finally:
         lock.release()
+
+
+def cluster_jobs(out: str) -> Tuple[JobBook, Dict[str, str]]:
+    """The sweep's cluster jobs and their states, asked before the run folders are read: a run whose job ends
+    in between then counts as done, never as a job that ended without finishing its run."""
+    book = JobBook(out)
+    return book, book.states()
 
 
 def check_no_cluster_jobs(out: str) -> None:
@@ -326,14 +335,14 @@ def check_batch_split(jobs: List[Job], options: ClusterOptions) -> None:
 
 
 def submit_table(args, table: Table, rows: List[Row], seeds: List[int], out: str, manifest: Dict, jobs: List[Job],
-                 options: ClusterOptions) -> int:
+                 options: ClusterOptions, book: JobBook, states: Dict[str, str]) -> int:
     """--cluster: where each run stands, the submission of the runs neither done nor queued nor running, and
     the table of what has finished; the command ends without waiting for the jobs."""
     say = SweepLog(os.path.join(out, "sweep.log"))
     manifest["seeds"] = sorted(set(manifest.get("seeds", [])) | set(seeds))
     write_text(os.path.join(out, MANIFEST), json.dumps(manifest, indent=1))
     say(f"{titled(table, args, jobs)}: {plural(len(jobs), 'run')} in {out}, as {options.kind} jobs")
-    counts = submit(jobs, options, out, table.name, say)
+    counts = submit(jobs, options, out, table.name, say, book, states)
     write_table(args, table, rows, seeds, out, manifest, jobs, say)
     say(f"{counts['done']}/{len(jobs)} done, {counts['held']} queued or running, {counts['submitted']} submitted "
         "now. The same command again shows where each run stands, submits what is neither done nor queued nor "

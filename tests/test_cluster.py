@@ -338,7 +338,7 @@ def test_a_run_longer_than_its_time_limit_goes_on_in_re_queued_jobs(root, tmp_pa
             "--no_tensorboard", "--root_log", runs, "--name", name]
     job = Job(name, argv, str(tmp_path / "logs" / f"{name}.log"), 16, os.path.join(runs, name))
     options = ClusterOptions("local", timeout_min=1, gpus_per_run=0, signal_delay_s=45)
-    submit([job], options, str(tmp_path), "t", lambda message: None)
+    submit([job], options, str(tmp_path), "t", lambda message: None, JobBook(str(tmp_path)), {})
     job_id = JobBook(str(tmp_path)).job(name)
     deadline = time.time() + 500
     while local_state(job_id) != ENDED:

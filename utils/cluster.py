@@ -167,11 +167,10 @@ def done_file(out: str, name: str) -> str:
 
 
 def submit(jobs: List[Job], options: ClusterOptions, out: str, table_name: str, say: Callable[..., None],
-           dry_run: bool = False) -> Dict[str, int]:
+           book: JobBook, states: Dict[str, str], dry_run: bool = False) -> Dict[str, int]:
     """Report every run's state, then submit those neither done nor held by a live job (none with
-    `dry_run`, which prints the job scripts instead); the count of runs in each state."""
-    book = JobBook(out)
-    states = book.states() if book.runs else {}
+    `dry_run`, which prints the job scripts instead); the count of runs in each state. `book` holds the
+    sweep's jobs and `states` what the scheduler said of them, asked before the jobs' DONE was read."""
     folder = os.path.abspath(os.path.join(out, JOBS_FOLDER))
     held, todo = {}, []
     for job in jobs:

@@ -71,7 +71,7 @@ class JobBook:
         return time.time() - submitted < FRESH_S
 
     def states(self) -> Dict[str, str]:
-        """{run name: the scheduler's state of its current job}."""
+        """{run name: the scheduler's state of its current job} (empty without jobs: no scheduler is asked)."""
         by_kind: Dict[str, List[str]] = {}
         for record in self.runs.values():
             by_kind.setdefault(record["kind"], []).append(record["job"])
