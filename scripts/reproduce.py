@@ -4,8 +4,7 @@
     python scripts/reproduce.py cifar100-lt --seed_list 1,2,3 --gpus 0,1 --per_gpu 2 --out runs/c100
     python scripts/reproduce.py cifar10-lt --seeds 2 --extra "--width 16 --epochs 3" --root data   # a CPU try-out
     python scripts/reproduce.py imagenet-lt --root /data/imagenet --gpus 0,1,2,3,4,5,6,7
-    python scripts/reproduce.py cifar10-lt --seeds 3 --root /shared/data --out /shared/c10 --cluster slurm \
-        --slurm_partition gpu --timeout_min 240                                   # every run a Slurm job
+    python scripts/reproduce.py cifar10-lt --seeds 3 --root /shared/data --cluster slurm --slurm_partition gpu
 
 Tables: cifar10-lt, cifar100-lt (IF 100, 50, 10; the paper's original split, the
 updated split, + MaxNorm), imagenet-lt (GLMC, + BS), inat2018, and cifar-lt-standard

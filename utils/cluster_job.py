@@ -27,7 +27,7 @@ from utils.sweep import STOPPED_LINE, log_tail
 
 REQUEUED_LINE = "re-queued: "  # the log line of each re-queue, counted by the table tool
 WAITING_LINE = "waiting for job "  # a MaxNorm stage's job waiting for its base run's job
-STOP_GRACE_S = 60  # how long the run may take to finish its step and save, after the signal is passed on
+STOP_GRACE_S = 100  # for the run to reach a step boundary (several processes: a progress line) and save; < 120 s
 
 
 class RunStoppedInJob(RuntimeError):
