@@ -234,10 +234,12 @@ def test_features_with_batchnorm_in_train_mode_is_refused(tmp_path):
         maxnorm_stage.stage_options(args)
 
 
-@pytest.mark.parametrize("recipe", [[], ["--inputs", "features"]], ids=["images", "features"])
-def test_a_stage_stopped_mid_epoch_and_continued_ends_as_one_run_through(tmp_path, monkeypatch, capsys, recipe):
-    """SIGTERM during the stage's second epoch (step 2 of 5; of 3 epochs, so that it trains at a learning rate
-    above 0): the stage saves its state and says how to go on;
+@pytest.mark.parametrize("recipe, stop_signal", [([], signal.SIGTERM), (["--inputs", "features"], signal.SIGUSR2)],
+                         ids=["images-SIGTERM", "features-SIGUSR2"])
+def test_a_stage_stopped_mid_epoch_and_continued_ends_as_one_run_through(tmp_path, monkeypatch, capsys, recipe,
+                                                                           stop_signal):
+    """SIGTERM (or SIGUSR2, a cluster's warning) during the stage's second epoch (step 2 of 5; of 3 epochs, so that
+    it trains at a learning rate above 0): the stage saves its state and says how to go on;
     the same command continues it, and the final weights equal those of a stage that was never stopped."""
     root = str(tmp_path / "data")
     write_cifar(root, train_per_class=20, test_per_class=3)
@@ -255,13 +257,13 @@ def test_a_stage_stopped_mid_epoch_and_continued_ends_as_one_run_through(tmp_pat
         def on_step(epoch, step, images):
             print_line(epoch, step, images)
             if (epoch, step) == (1, 2):
-                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), stop_signal)
         return on_step
 
     monkeypatch.setattr(maxnorm_stage, "progress_printer", printer_that_signals)
     with pytest.raises(RunStopped) as stopped:
         run_stage(copy, data, *stage)
-    assert stopped.value.exit_code == 128 + signal.SIGTERM
+    assert stopped.value.exit_code == 128 + stop_signal
     assert "at stage epoch 2, step 2/5" in str(stopped.value) and "the same command continues it" in str(stopped.value)
     (saved,) = glob.glob(os.path.join(copy, "ckpt.best.maxnorm-*.stopped.pth.tar"))
     slug = os.path.basename(saved)[len("ckpt.best.maxnorm-"):-len(".stopped.pth.tar")]
