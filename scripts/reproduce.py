@@ -313,7 +313,7 @@ def cluster_jobs(out: str) -> Tuple[JobBook, Dict[str, str]]:
 def check_no_cluster_jobs(out: str) -> None:
     """A sweep on this machine never runs what a queued or running cluster job of the same folder holds."""
     book = JobBook(out)
-    live = sorted(book.live_runs()) if book.runs else []
+    live = sorted(book.live_runs())
     if live:
         kind = book.runs[live[0]]["kind"]
         raise UsageError(f"--out {out!r} has {plural(len(live), 'run')} queued or running as {kind} jobs "

@@ -18,10 +18,10 @@ from typing import Callable, Dict, Iterator, List, Optional, Tuple
 
 from utils.checkpoint import LATEST
 from utils.cluster_job import REQUEUED_LINE, WAITING_LINE, RunInJob
-from utils.cluster_state import LIVE, QUEUED, UNKNOWN, JobBook, load_submitit
+from utils.cluster_state import QUEUED, UNKNOWN, JobBook, load_submitit
 from utils.errors import UsageError
 from utils.progress import plural
-from utils.safe_files import make_folder
+from utils.safe_files import make_folder, open_no_follow
 from utils.sweep import DONE, RUNNING, STOPPED_LINE, Job, log_tail
 
 JOBS_FOLDER = "jobs"
@@ -113,7 +113,7 @@ def output_to(path: str) -> Iterator[None]:
     sys.stdout.flush()
     sys.stderr.flush()
     saved = [os.dup(1), os.dup(2)]
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = open_no_follow(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
     try:
         os.dup2(fd, 1)
         os.dup2(fd, 2)
@@ -138,9 +138,9 @@ def run_state(job: Job, book: JobBook, state: Optional[str]) -> Tuple[str, bool]
         return "done" + again, False
     if record is None:
         return "not submitted yet", False
-    if state in QUEUED or (state == UNKNOWN and book.fresh(job.name)):
+    if book.holds(job.name, state) and (state in QUEUED or state == UNKNOWN):
         return f"queued (job {record['job']}{', ' + state.lower() if state != 'PENDING' else ''}){again}", True
-    if state in LIVE:
+    if book.holds(job.name, state):
         job.state = RUNNING
         last = log_tail(job.log, 1)
         place = f"waiting for {job.needs}'s job" if last.startswith(WAITING_LINE) else job.place()

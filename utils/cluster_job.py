@@ -20,6 +20,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from utils.cluster_state import ENDED, LIVE, UNKNOWN, local_state, slurm_states
+from utils.distributed import rendezvous_port
 from utils.run_lock import CLUSTER_JOB, remove_stale_lock
 from utils.run_names import clear_unstarted_run
 from utils.safe_files import make_folder, open_append, write_text
@@ -140,8 +141,9 @@ class RunInJob:
                     self._proc.wait(10)
                 except subprocess.TimeoutExpired:
                     self._proc.kill()
-            stopped = STOPPED_LINE.search(log_tail(self.log, 40))
-            place = f"; {log_tail(self.log, 40)[stopped.start():].splitlines()[0].rstrip(':')}" if stopped else ""
+            tail = log_tail(self.log, 40)
+            stopped = STOPPED_LINE.search(tail)
+            place = f"; {tail[stopped.start():].splitlines()[0].rstrip(':')}" if stopped else ""
         self.requeues += 1
         self._say(self.log, f"{REQUEUED_LINE}the job was pre-empted or reached its time limit (re-queue "
                             f"{self.requeues}){place}")
@@ -164,6 +166,5 @@ def process_group_variables(env) -> Dict[str, str]:
     """torchrun's variables for this task, from the job's environment: none for a job of one task."""
     if env.num_tasks <= 1:
         return {}
-    digits = "".join(c for c in str(env.raw_job_id) if c.isdigit()) or "0"
     return {"RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks), "LOCAL_RANK": str(env.local_rank),
-            "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": str(15000 + int(digits) % 20000)}
+            "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": rendezvous_port(env.raw_job_id)}

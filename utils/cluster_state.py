@@ -59,11 +59,15 @@ class JobBook:
     def save(self) -> None:
         write_text(self.path, json.dumps({"runs": self.runs}, indent=1) + "\n")
 
+    def holds(self, name: str, state: str) -> bool:
+        """Whether the run's current job, in `state`, still holds the run: queued or running, or submitted so
+        recently that a scheduler not listing it may not know it yet."""
+        return state in LIVE or (state == UNKNOWN and self.fresh(name))
+
     def live_runs(self) -> List[str]:
-        """The runs whose current job is queued or running (a just-submitted one the scheduler does not list
-        yet included)."""
+        """The runs a queued or running job holds."""
         states = self.states()
-        return [name for name in self.runs if states[name] in LIVE or (states[name] == UNKNOWN and self.fresh(name))]
+        return [name for name in self.runs if self.holds(name, states[name])]
 
     def fresh(self, name: str) -> bool:
         """Whether the run's job was submitted so recently that a scheduler not listing it may not know it yet."""

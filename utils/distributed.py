@@ -58,7 +58,13 @@ def slurm_environment(env=None) -> dict:
     nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_JOB_NODELIST") or "localhost"
     return {"RANK": env["SLURM_PROCID"], "WORLD_SIZE": str(tasks), "LOCAL_RANK": env.get("SLURM_LOCALID", "0"),
             "MASTER_ADDR": env.get("MASTER_ADDR") or first_host(nodes),
-            "MASTER_PORT": env.get("MASTER_PORT") or str(15000 + int(env.get("SLURM_JOB_ID", "0") or 0) % 20000)}
+            "MASTER_PORT": env.get("MASTER_PORT") or rendezvous_port(env.get("SLURM_JOB_ID", ""))}
+
+
+def rendezvous_port(job_id: str) -> str:
+    """The port a cluster job's process group meets on, the same for all its tasks: 15000 + its id's digits
+    modulo 20000 (jobs on one node at once have different ids)."""
+    return str(15000 + int("".join(c for c in str(job_id) if c.isdigit()) or 0) % 20000)
 
 
 def init_world() -> World:
